@@ -1,0 +1,37 @@
+"""Parameters carry logical axis names (`axes`) that train/sharding.py maps onto the mesh."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+
+
+def param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int],
+          axes: Sequence[str | None]) -> nnx.Param:
+    """A float32 parameter with one logical axis name per dimension."""
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {tuple(axes)} do not match shape {tuple(shape)}")
+    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+    """x @ kernel (+ bias), computed in `dtype` with float32 parameters."""
+
+    def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
+                 rngs: nnx.Rngs, use_bias: bool = False, dtype=jnp.float32,
+                 init: Initializer | None = None):
+        self.kernel = param(rngs, init or nnx.initializers.lecun_normal(),
+                            (in_features, out_features), axes)
+        self.bias = (param(rngs, nnx.initializers.zeros, (out_features,), axes[1:])
+                     if use_bias else None)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y

@@ -1,0 +1,47 @@
+"""Decoder-only Transformer language model assembled from the layer registries."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlab.errors import ConfigError
+from jaxlab.layers.blocks import Block, make_norm
+from jaxlab.layers.common import Dense
+from jaxlab.layers.embed import Embed
+from jaxlab.registry import NORM_POSITION, POSITION, MODELS
+
+
+def check_heads(cfg) -> None:
+    kv_heads = cfg.get("num_kv_heads") or cfg.num_heads
+    if cfg.width % cfg.num_heads:
+        raise ConfigError(f"model.width={cfg.width} is not divisible by model.num_heads={cfg.num_heads}")
+    if cfg.num_heads % kv_heads:
+        raise ConfigError(f"model.num_heads={cfg.num_heads} is not a multiple of "
+                          f"model.num_kv_heads={kv_heads}")
+
+
+@MODELS.register("lm")
+class DecoderLM(nnx.Module):
+    """tokens [b, t] -> logits [b, t, vocab]: embed, positions, blocks, final norm, head."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        check_heads(cfg)
+        dtype = jnp.dtype(cfg.dtype)
+        self.embed = Embed(cfg.vocab_size, cfg.width, rngs=rngs, dtype=dtype)
+        self.positions = POSITION.get(cfg.position)(cfg, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.depth)])
+        needs_final_norm = NORM_POSITION.get(cfg.norm_position).final_norm
+        self.final_norm = make_norm(cfg, rngs=rngs) if needs_final_norm else None
+        self.head = (None if cfg.tie_embeddings else
+                     Dense(cfg.width, cfg.vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype))
+
+    def __call__(self, tokens_bt: jax.Array, *, key_mask_bs: jax.Array | None = None) -> jax.Array:
+        positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+        x = self.positions(self.embed(tokens_bt), positions_bt)
+        for block in self.blocks:
+            x = block(x, positions_bt=positions_bt, key_mask_bs=key_mask_bs)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        logits = self.embed.attend(x) if self.head is None else self.head(x)
+        return logits.astype(jnp.float32)

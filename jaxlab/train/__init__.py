@@ -1,0 +1,1 @@
+"""The sharded training system: mesh, state, step, loop, checkpoints, metrics."""

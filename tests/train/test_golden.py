@@ -1,0 +1,34 @@
+"""Golden metrics: the first two losses of tiny configs, recorded once, catch unintended
+numeric changes (init, data order, loss, optimizer). Regenerate only on purpose, and say why
+in the commit. The LM on pysrc is not pinned: its corpus is the interpreter's own stdlib."""
+import jax
+import numpy as np
+import pytest
+
+from jaxlab import config as config_lib
+from jaxlab.train.loop import Run
+from tests.train.helpers import run_steps
+
+GOLDEN = {
+    "configs/synthetic/copy.py:runlocal": [2.788867473602295, 2.7781708240509033],
+    "configs/synthetic/mqar.py:runlocal": [4.1704230308532715, 4.1702399253845215],
+    "configs/vision/vit_digits.py:runlocal": [2.9746363162994385, 2.21414852142334],
+}
+
+
+@pytest.mark.parametrize("spec", sorted(GOLDEN))
+def test_first_losses_match_golden(spec):
+    run = Run(config_lib.load(spec, {"mesh": [("data", 1)]}), devices=jax.devices()[:1])
+    _, losses = run_steps(run, run.init(), 0, 2)
+    np.testing.assert_allclose(losses, GOLDEN[spec], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    from jaxlab.errors import TrainingError
+    from jaxlab.train.loop import train
+    config = config_lib.load("configs/synthetic/copy.py:runlocal",
+                             {"optim.lr": 1e30, "optim.clip_norm": 0.0, "optim.warmup_steps": 0,
+                              "optim.schedule": "constant", "optim.name": "sgd"})
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step \d"):
+        train(config, tmp_path / "w", progress=False, emit=lambda _: None)
+    assert not any((tmp_path / "w" / "checkpoints").iterdir())
