@@ -33,6 +33,10 @@ class LearnedPositions(nnx.Module):
                            (None, "embed"))
 
     def __call__(self, x_btd: jax.Array, positions_bt: jax.Array) -> jax.Array:
+        if x_btd.shape[1] > self.table.shape[0]:
+            # A gather past the table would silently reuse its last row.
+            raise ValueError(f"sequence length {x_btd.shape[1]} exceeds the {self.table.shape[0]} "
+                             f"learned positions (model.max_len)")
         return x_btd + jnp.take(self.table[...], positions_bt, axis=0).astype(x_btd.dtype)
 
 

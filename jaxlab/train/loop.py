@@ -99,10 +99,12 @@ class Run:
         """A short generated continuation of a validation prompt (byte-level LMs only)."""
         if self.dataset.task != "lm" or self.dataset.bytes_per_token != 1.0:
             return None
+        # Parameters are arguments, not closed-over constants baked into the compiled program.
+        logits = jax.jit(lambda params, extra, tokens: self.model_def.merge(params, extra)(tokens))
         with jax.set_mesh(self.mesh):
-            forward = jax.jit(lambda tokens: self.model_def.merge(state["params"], state["extra"])(tokens))
             prompt = self.dataset.batch("valid", 0, 1, seed=self.config.seed)
-            tokens = sample_tokens(forward, prompt["inputs"][0, :48], length=length,
+            tokens = sample_tokens(lambda t: logits(state["params"], state["extra"], t),
+                                   prompt["inputs"][0, :48], length=length,
                                    window=self.config.data.seq_len, seed=self.config.seed)
         return decode_bytes(prompt["inputs"][0, :48]) + decode_bytes(tokens)
 
@@ -113,7 +115,8 @@ def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool =
     workdir = pathlib.Path(workdir)
     run = Run(config, devices)
     is_writer = jax.process_index() == 0
-    resumed = workdir_lib.check_or_write_config(workdir, config.to_dict()) if is_writer else True
+    if is_writer:
+        workdir_lib.check_or_write_config(workdir, config.to_dict())
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.ckpt.keep,
                         async_save=config.ckpt.async_save)
     latest = ckpt.latest_step()
@@ -130,6 +133,7 @@ def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool =
     bar = tqdm(total=total, initial=start, disable=not (progress and is_writer), unit="step",
                dynamic_ncols=True)
     logger = _StepLogger(run, writers, config.log.every)
+    last_eval = None
     try:
         with jax.set_mesh(run.mesh):
             for step in range(start, total):
@@ -143,13 +147,14 @@ def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool =
                 if eval_due or ckpt_due:
                     logger.fetch_previous()  # never checkpoint or evaluate a non-finite state
                 if eval_due:
-                    logger.write(done, run.evaluate(state))
+                    last_eval = run.evaluate(state)
+                    logger.write(done, last_eval)
                 if ckpt_due:
                     ckpt.save(done, state, {"step": done, "config": config.to_json()})
                 if logger.last_loss is not None:
                     bar.set_postfix(loss=f"{logger.last_loss:.3f}", refresh=False)
             logger.fetch_previous()
-        final_eval = run.evaluate(state)
+        final_eval = last_eval or run.evaluate(state)  # an already finished run evaluates once
         sample = run.sample(state) if config.log.sample else None
     finally:
         bar.close()

@@ -85,7 +85,8 @@ def logical_spec(axes: Sequence[str | None], shape: Sequence[int], rules: Sequen
 
 
 def fits(spec: PartitionSpec, shape: Sequence[int], mesh: jax.sharding.Mesh) -> bool:
-    if len(spec) > len(shape):
+    named = [a for entry in spec for a in _mesh_axes(entry)]
+    if len(spec) > len(shape) or any(a not in mesh.shape for a in named):
         return False
     return all(dim % math.prod(mesh.shape[a] for a in _mesh_axes(entry)) == 0
                for entry, dim in zip(spec, shape))

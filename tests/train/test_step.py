@@ -59,3 +59,20 @@ def test_parameters_are_really_sharded(mesh, axis):
     assert any(axis in spec for spec in kernel_specs)
     state, losses = run_steps(run, state, 0, 1)
     assert np.isfinite(losses[0])
+
+
+def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_loss(single_device_result):
+    run = make_run([("data", 1)], devices=jax.devices()[:1], **{"model.dtype": "bfloat16"})
+    state, losses = run_steps(run, run.init(), 0, 3)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state["params"]))
+    np.testing.assert_allclose(losses, single_device_result[1], rtol=2e-2)
+
+
+def test_z_loss_changes_the_update_not_the_reported_loss():
+    plain = make_run([("data", 1)], devices=jax.devices()[:1])
+    zloss = make_run([("data", 1)], devices=jax.devices()[:1], **{"train.z_loss": 1e-1})
+    state_plain, losses_plain = run_steps(plain, plain.init(), 0, 2)
+    state_z, losses_z = run_steps(zloss, zloss.init(), 0, 2)
+    assert losses_z[0] == pytest.approx(losses_plain[0], rel=1e-6)
+    kernel = lambda s: np.asarray(s["params"]["blocks"][0]["ffn"]["sublayer"]["up"]["kernel"])
+    assert not np.allclose(kernel(state_z), kernel(state_plain))
