@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
+import signal
 import sys
 
 from jaxlab.errors import ConfigError, TrainingError
+from jaxlab.train.preemption import Preempted
+
+SIGNAL_NAMES = {"SIGTERM", "SIGINT"}
 
 OVERRIDE = re.compile(r"^--config\.([A-Za-z_][\w.]*)(?:=(.*))?$", re.S)
 
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"jaxlab: training failed: {error}", file=sys.stderr)
         return 1
+    except Preempted as stop:
+        print(f"jaxlab: {stop}", file=sys.stderr)
+        return 128 + signal.Signals[stop.signal_name].value if stop.signal_name in SIGNAL_NAMES else 1
     except KeyboardInterrupt:
         print("jaxlab: interrupted", file=sys.stderr)
         return 130

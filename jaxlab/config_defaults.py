@@ -17,10 +17,11 @@ def base_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, momentum=0.9))
     c.train = ml_collections.ConfigDict(dict(
         steps=1000, batch_size=32, grad_accum=1, loss="xent", z_loss=0.0,
-        eval_every=250, eval_steps=4))
+        eval_every=250, eval_steps=4, nonfinite="halt", max_consecutive_skips=10))
     c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
     c.sharding = ml_collections.ConfigDict(dict(rules=list(DEFAULT_RULES), overrides=[]))
-    c.ckpt = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
+    c.ckpt = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True,
+                                            allow_config_change=False))
     c.log = ml_collections.ConfigDict(dict(every=50, tensorboard=True, sample=True))
     return c
 
@@ -31,7 +32,15 @@ def transformer(**overrides) -> ml_collections.ConfigDict:
         name="lm", width=128, depth=4, num_heads=4, num_kv_heads=0, ffn="glu", ffn_mult=4.0,
         activation="silu", attention="softmax", causal=True, norm="rmsnorm", norm_position="pre",
         position="rope", rope_base=10000.0, max_len=256, vocab_size=256, tie_embeddings=True,
-        dtype="float32"))
+        dtype="float32",
+        # Normalization family (layers/norms.py, layers/blocks.py); defaults keep plain Pre-RMSNorm.
+        norm_affine=True, mix_alpha=0.25, mix_post_layers=-1, layernorm_scaling=False,
+        qk_norm="", qk_norm_affine=True, sigma_reparam=False,
+        prepbn_warmup_steps=0, prepbn_decay_steps=1000, prepbn_r0=1.0,
+        # Attention family (layers/attention*.py, layers/linear_attention.py); defaults keep softmax.
+        attention_schedule="", attention_softcap=0.0, linear_form="chunked",
+        linear_feature_map="elu1", linear_normalize=True, linear_output_norm=False, chunk_size=64,
+        softplus_reweight_p=1.0, diag_block=64, sla_kernel=5))
     model.update(overrides)
     return model
 

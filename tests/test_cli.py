@@ -26,12 +26,17 @@ def test_train_then_resume_repeats_and_skips_no_step(tmp_path, capsys):
         assert json.loads((workdir / name).read_text())
     assert json.loads((workdir / "config.json").read_text())["model"]["depth"] == 2
 
-    assert main(args + ["--config.train.steps=9"]) == 0
+    original_config = (workdir / "config.json").read_text()
+    assert main(args + ["--config.train.steps=9"]) == 2  # a changed config needs permission
+    assert main(args + ["--config.train.steps=9", "--config.ckpt.allow_config_change=True"]) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "from step 6" in out
     steps = [r["step"] for r in read_jsonl(workdir / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, 10))
     assert "9" in os.listdir(workdir / "checkpoints")
+    assert (workdir / "config.json").read_text() == original_config
+    history = json.loads((workdir / "config.resume-6.json").read_text())
+    assert history["train"]["steps"] == 9
 
 
 def test_resume_with_a_different_model_is_refused(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Byte-level GPT on the Python standard library sources (pysrc): the default experiment.
 
-    jaxlab train --config configs/lm/gpt.py --workdir runs/gpt     # same as plain `jaxlab train`
+    jaxlab train --config configs/lm/gpt.py --workdir runs/lm_gpt   # what plain `jaxlab train` runs
 
 On a 2-core CPU it runs in about 3 minutes and ends near 1.95 valid bits per byte, with a short
 generated sample. Args: depth, width, heads, kv_heads, seq_len, steps, batch, runlocal (a

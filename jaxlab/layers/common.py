@@ -1,7 +1,10 @@
 """Parameters carry logical axis names (`axes`) that train/sharding.py maps onto the mesh."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+import contextvars
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,3 +38,40 @@ class Dense(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardMode:
+    """How the current forward pass runs: `training` lets layers update their running state
+    (norm statistics, power-iteration vectors); `step` is the global optimizer step (a traced
+    int under jit) for layers with schedules (PRepBN). Eval is the default, so calling a model
+    outside the trainer never changes its state."""
+    training: bool = False
+    step: Any = None
+
+
+_MODE = contextvars.ContextVar("jaxlab_forward_mode", default=ForwardMode())
+
+
+@contextlib.contextmanager
+def training_mode(step: Any):
+    """Forward passes traced inside this block run in training mode at global step `step`."""
+    token = _MODE.set(ForwardMode(training=True, step=step))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def forward_mode() -> ForwardMode:
+    return _MODE.get()
+
+
+def dense(cfg, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
+          rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+    """The model's Dense: spectrally reparametrized (σReparam) when `cfg.sigma_reparam` is set."""
+    kwargs.setdefault("dtype", jnp.dtype(cfg.dtype))
+    if cfg.get("sigma_reparam", False):
+        from jaxlab.layers.reparam import SigmaReparamDense  # reparam builds on Dense above
+        return SigmaReparamDense(in_features, out_features, axes=axes, rngs=rngs, **kwargs)
+    return Dense(in_features, out_features, axes=axes, rngs=rngs, **kwargs)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlab.errors import ConfigError
-from jaxlab.layers.common import Dense
+from jaxlab.layers.common import dense
 from jaxlab.registry import FFN
 
 ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu, "silu": jax.nn.silu, "tanh": jnp.tanh}
@@ -28,8 +28,8 @@ class MLP(nnx.Module):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
-        self.up = Dense(cfg.width, hidden_width(cfg), axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
-        self.down = Dense(hidden_width(cfg), cfg.width, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
+        self.up = dense(cfg, cfg.width, hidden_width(cfg), axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.down = dense(cfg, hidden_width(cfg), cfg.width, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
         self.act = activation(cfg.get("activation", "gelu"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -43,9 +43,9 @@ class GLU(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         hidden = hidden_width(cfg)
-        self.gate = Dense(cfg.width, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
-        self.up = Dense(cfg.width, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
-        self.down = Dense(hidden, cfg.width, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
+        self.gate = dense(cfg, cfg.width, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.up = dense(cfg, cfg.width, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.down = dense(cfg, hidden, cfg.width, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
         self.act = activation(cfg.get("activation", "silu"))
 
     def __call__(self, x: jax.Array) -> jax.Array:

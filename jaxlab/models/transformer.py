@@ -6,10 +6,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlab.errors import ConfigError
-from jaxlab.layers.blocks import Block, make_norm
+from jaxlab.layers.blocks import Block, make_norm, needs_final_norm
 from jaxlab.layers.common import Dense
 from jaxlab.layers.embed import Embed
-from jaxlab.registry import NORM_POSITION, POSITION, MODELS
+from jaxlab.registry import POSITION, MODELS
 
 
 def check_heads(cfg) -> None:
@@ -31,17 +31,22 @@ class DecoderLM(nnx.Module):
         self.embed = Embed(cfg.vocab_size, cfg.width, rngs=rngs, dtype=dtype)
         self.positions = POSITION.get(cfg.position)(cfg, rngs=rngs)
         self.blocks = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.depth)])
-        needs_final_norm = NORM_POSITION.get(cfg.norm_position).final_norm
-        self.final_norm = make_norm(cfg, rngs=rngs) if needs_final_norm else None
+        self.final_norm = make_norm(cfg, rngs=rngs) if needs_final_norm(cfg) else None
         self.head = (None if cfg.tie_embeddings else
                      Dense(cfg.width, cfg.vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype))
 
-    def __call__(self, tokens_bt: jax.Array, *, key_mask_bs: jax.Array | None = None) -> jax.Array:
-        positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+    def __call__(self, tokens_bt: jax.Array, *, key_mask_bs: jax.Array | None = None,
+                 positions_bt: jax.Array | None = None, decode: bool = False) -> jax.Array:
+        """decode=True reads and extends the attention caches (see jaxlab.models.generate);
+        positions_bt then holds the tokens' absolute positions."""
+        if positions_bt is None:
+            positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+        decode_kwargs = {"decode": True} if decode else {}  # kinds without decoding never see it
         x = self.positions(self.embed(tokens_bt), positions_bt)
         for block in self.blocks:
-            x = block(x, positions_bt=positions_bt, key_mask_bs=key_mask_bs)
+            x = block(x, positions_bt=positions_bt, key_mask_bs=key_mask_bs, **decode_kwargs)
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.embed.attend(x) if self.head is None else self.head(x)
-        return logits.astype(jnp.float32)
+        # float64 models (the norm-equivalence tests) keep float64 logits.
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))

@@ -24,8 +24,11 @@ def attention_mask(q_len: int, k_len: int, *, causal: bool,
 
 def softmax_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, *,
                       causal: bool = False, key_mask_bs: jax.Array | None = None,
-                      scale: float | None = None) -> jax.Array:
+                      scale: float | None = None, softcap: float = 0.0) -> jax.Array:
     """softmax(q kᵀ · scale + mask) v with grouped-query heads.
+
+    softcap > 0 bounds the logits smoothly to (−softcap, softcap) with softcap·tanh(logits/softcap)
+    (Gemma 2's attention logit soft-capping).
 
     k and v may have fewer heads than q (GQA/MQA): q head h reads kv head h // (H / H_kv).
     Logits and softmax run in float32 whatever the input dtype; a query whose keys are all
@@ -39,6 +42,8 @@ def softmax_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, *
     q_btkgd = q_bthd.reshape(b, t, h_kv, h // h_kv, d)
     logits_bkgts = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bshd,
                               preferred_element_type=jnp.float32) * scale
+    if softcap > 0:
+        logits_bkgts = softcap * jnp.tanh(logits_bkgts / softcap)
     mask = attention_mask(t, s, causal=causal, key_mask_bs=key_mask_bs)
     if mask is not None:
         mask_b11ts = mask[:, :, None]

@@ -6,6 +6,7 @@ are fetched one step later so the host never waits on the device just to log.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import pathlib
@@ -19,8 +20,10 @@ from tqdm import tqdm
 from jaxlab.data import build_dataset
 from jaxlab.errors import ConfigError, TrainingError
 from jaxlab.models.sampling import decode_bytes, sample_tokens
-from jaxlab.train import distributed, mesh as mesh_lib, metrics as metrics_lib, workdir as workdir_lib
+from jaxlab.train import distributed, mesh as mesh_lib, metrics as metrics_lib, preemption
+from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.checkpoint import Checkpointer, abstract_like
+from jaxlab.train.lock import WorkdirLock
 from jaxlab.train.optim import build_optimizer
 from jaxlab.train.state import ModelDef, init_state, state_shardings
 from jaxlab.train.step import make_eval_step, make_train_step
@@ -111,21 +114,35 @@ class Run:
 
 def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool = True,
           emit: Callable[[str], None] = print) -> dict:
-    """Trains `config` in `workdir` (resuming its latest checkpoint) and returns a summary dict."""
+    """Trains `config` in `workdir` (resuming its latest checkpoint) and returns a summary dict.
+
+    SIGTERM or SIGINT saves a checkpoint of the current step and raises `Preempted`; rerunning
+    the same command resumes from it.
+    """
     workdir = pathlib.Path(workdir)
     run = Run(config, devices)
     is_writer = jax.process_index() == 0
-    if is_writer:
-        workdir_lib.check_or_write_config(workdir, config.to_dict())
-    ckpt = Checkpointer(workdir / "checkpoints", keep=config.ckpt.keep,
-                        async_save=config.ckpt.async_save)
-    latest = ckpt.latest_step()
-    state = run.init() if latest is None else ckpt.restore(run.restore_target())[0]
+    changes = workdir_lib.check_config(workdir, config.to_dict(), config.ckpt.allow_config_change)
+    with WorkdirLock(workdir) if is_writer else contextlib.nullcontext():
+        ckpt = Checkpointer(workdir / "checkpoints", keep=config.ckpt.keep,
+                            async_save=config.ckpt.async_save, warn=emit)
+        try:
+            return _train(run, config, workdir, ckpt, changes, is_writer, progress, emit)
+        finally:
+            ckpt.close()
+
+
+def _train(run: Run, config, workdir: pathlib.Path, ckpt: Checkpointer, changes, is_writer: bool,
+           progress: bool, emit) -> dict:
+    state = run.init() if ckpt.latest_step() is None else ckpt.restore(run.restore_target())[0]
     start, total = int(jax.device_get(state["step"])), int(config.train.steps)
     if is_writer:
+        if changes is None or changes:
+            workdir_lib.write_config(workdir, config.to_dict(), None if changes is None else start)
+        # Rows past the checkpoint belong to steps that are about to be recomputed, identically.
+        metrics_lib.drop_rows_after(workdir / "metrics.jsonl", start)
         env = workdir_lib.environment(run.dataset.describe())
-        env["resumed_at_step"] = start
-        env["mesh"] = dict(run.mesh.shape)
+        env.update(resumed_at_step=start, mesh=dict(run.mesh.shape))
         workdir_lib.write_env(workdir, env)
     writers = _writers(workdir, config, emit) if is_writer else metrics_lib.MetricWriters([])
     if start:
@@ -135,7 +152,7 @@ def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool =
     logger = _StepLogger(run, writers, config.log.every)
     last_eval = None
     try:
-        with jax.set_mesh(run.mesh):
+        with jax.set_mesh(run.mesh), preemption.StopRequest() as stop:
             for step in range(start, total):
                 state, step_metrics = run.train_step(state, run.batch("train", step))
                 logger.fetch_previous()
@@ -144,13 +161,17 @@ def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool =
                 done = step + 1
                 eval_due = done % config.train.eval_every == 0 or done == total
                 ckpt_due = done % config.ckpt.every == 0 or done == total
-                if eval_due or ckpt_due:
+                stopping = stop.requested(done)
+                if eval_due or ckpt_due or stopping:
                     logger.fetch_previous()  # never checkpoint or evaluate a non-finite state
                 if eval_due:
                     last_eval = run.evaluate(state)
                     logger.write(done, last_eval)
-                if ckpt_due:
+                if ckpt_due or stopping:
                     ckpt.save(done, state, {"step": done, "config": config.to_json()})
+                if stopping:
+                    ckpt.wait()
+                    raise preemption.Preempted(done, stop.signal_name)
                 if logger.last_loss is not None:
                     bar.set_postfix(loss=f"{logger.last_loss:.3f}", refresh=False)
             logger.fetch_previous()
@@ -158,7 +179,6 @@ def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool =
         sample = run.sample(state) if config.log.sample else None
     finally:
         bar.close()
-        ckpt.close()
         writers.close()
     summary = {"workdir": str(workdir), "steps": total, "resumed_from": start,
                "train_loss": logger.last_loss, **final_eval,
@@ -177,9 +197,11 @@ class _StepLogger:
         lm = run.dataset.task == "lm"
         self.units = run.config.train.batch_size * (run.config.data.seq_len if lm else 1)
         self.rate_name = "tokens_per_s" if lm else "examples_per_s"
+        self.max_skips = int(run.config.train.get("max_consecutive_skips", 10))
         self.pending: tuple[int, dict] | None = None
         self.last_loss: float | None = None
         self.last_accuracy: float | None = None
+        self.skips, self.consecutive_skips = 0, 0
         self._clock: tuple[int, float] | None = None   # (step, time) after the first fetched step
         self._window: tuple[int, float] | None = None
         self._steps_timed, self._seconds = 0, 0.0
@@ -190,9 +212,9 @@ class _StepLogger:
         step, device_metrics = self.pending
         self.pending = None
         values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        if not all(map(math.isfinite, (values["loss"], values["grad_norm"]))):
-            raise TrainingError(f"non-finite loss {values['loss']} (grad norm {values['grad_norm']}) "
-                                f"at step {step}; lower optim.lr or enable optim.clip_norm")
+        self._check_finite(step, values)
+        if values.get("skipped"):
+            return
         self.last_loss, self.last_accuracy = values["loss"], values["accuracy"]
         now = time.perf_counter()
         if self._clock is not None:  # the first step carries compilation; leave it out
@@ -202,11 +224,31 @@ class _StepLogger:
         if step % self.every == 0:
             scalars = self.run.named_metrics("", values["loss"], values["accuracy"])
             scalars.update(grad_norm=values["grad_norm"], lr=values["lr"])
+            if "skipped" in values:
+                scalars["skipped_steps"] = self.skips
             if self._window is not None and now > self._window[1]:
                 seconds = (now - self._window[1]) / (step - self._window[0])
                 scalars.update({"step_time_s": seconds, self.rate_name: self.units / seconds})
             self._window = (step, now)
             self.write(step, scalars)
+
+    def _check_finite(self, step: int, values: dict) -> None:
+        bad = [name for name in ("loss", "grad_norm") if not math.isfinite(values[name])]
+        if not bad:
+            self.consecutive_skips = 0
+            return
+        what = " and ".join(f"{name.replace('_', ' ')} {values[name]}" for name in bad)
+        if not values.get("skipped"):
+            raise TrainingError(f"non-finite {what} at step {step}; the last good checkpoint is "
+                                f"kept; lower optim.lr, set optim.clip_norm, or "
+                                f"train.nonfinite=skip")
+        self.skips += 1
+        self.consecutive_skips += 1
+        self.write(step, {"skipped_steps": self.skips})
+        if self.consecutive_skips >= self.max_skips:
+            raise TrainingError(f"non-finite {what} at step {step}: {self.consecutive_skips} "
+                                f"skipped steps in a row (train.max_consecutive_skips="
+                                f"{self.max_skips}); the last good checkpoint is kept")
 
     def write(self, step: int, scalars: dict) -> None:
         self.writers.write(step, scalars)

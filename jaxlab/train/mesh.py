@@ -93,7 +93,7 @@ def fits(spec: PartitionSpec, shape: Sequence[int], mesh: jax.sharding.Mesh) -> 
 
 
 def path_name(path: tuple) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def param_shardings(axes_tree: Any, shapes_tree: Any, mesh: jax.sharding.Mesh,

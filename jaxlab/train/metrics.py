@@ -75,3 +75,27 @@ class MetricWriters:
 def read_jsonl(path: str | pathlib.Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def drop_rows_after(path: pathlib.Path, step: int) -> int:
+    """Removes rows with a step past `step` (atomically); returns how many were dropped.
+
+    On resume from a checkpoint at `step`, rows logged after it describe steps that will be
+    run again (identically), so keeping them would repeat steps in the file.
+    """
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and _step_of(line) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return len(lines) - len(kept)
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:  # a line cut short by a kill: drop it with the rest
+        return float("inf")

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlab.errors import ConfigError
+from jaxlab.layers.common import training_mode
 from jaxlab.ops import losses as loss_ops
 from jaxlab.registry import LOSSES
 from jaxlab.train.state import ModelDef, split_model
@@ -38,10 +40,31 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+NONFINITE_POLICIES = ("halt", "skip")
+
+
+def nonfinite_policy(train_cfg) -> str:
+    policy = train_cfg.get("nonfinite", "halt")
+    if policy not in NONFINITE_POLICIES:
+        raise ConfigError(f"train.nonfinite={policy!r} is not a policy; valid: "
+                          f"{', '.join(NONFINITE_POLICIES)}")
+    return policy
+
+
+def keep_old_if_nonfinite(old: dict, new: dict, metrics: dict) -> tuple[dict, jax.Array]:
+    """The `skip` policy: a step with a non-finite loss or gradient changes nothing but the
+    step counter (so the data still moves on); returns the state and 1.0 if it skipped."""
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    kept["step"] = new["step"]
+    return kept, 1.0 - finite.astype(jnp.float32)
+
+
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, train_cfg) -> Callable:
     loss_fn = LOSSES.get(train_cfg.loss)
     grad_accum = int(train_cfg.grad_accum)
+    skip_nonfinite = nonfinite_policy(train_cfg) == "skip"
     sums = jax.value_and_grad(
         lambda p, e, b: weighted_sums(model_def, loss_fn, train_cfg.z_loss, p, e, b), has_aux=True)
 
@@ -58,7 +81,10 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         totals = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "weight_sum", "correct_sum")}
-        (grads, totals, extra), _ = jax.lax.scan(accumulate, (zeros, totals, extra), micro)
+        # Training mode lets layers update running state (norm statistics, σReparam vectors)
+        # and read the global step (PRepBN); eval_step runs in the default eval mode.
+        with training_mode(state["step"]):
+            (grads, totals, extra), _ = jax.lax.scan(accumulate, (zeros, totals, extra), micro)
         denominator = jnp.maximum(totals["weight_sum"], 1.0)
         grads = jax.tree.map(lambda g: g / denominator, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -68,6 +94,8 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
                    "accuracy": totals["correct_sum"] / denominator,
                    "grad_norm": global_norm(grads),
                    "lr": schedule(state["step"])}
+        if skip_nonfinite:
+            new_state, metrics["skipped"] = keep_old_if_nonfinite(state, new_state, metrics)
         return new_state, metrics
 
     return train_step

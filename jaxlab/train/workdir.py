@@ -12,8 +12,8 @@ import jax
 
 from jaxlab.errors import ConfigError
 
-# Keys that may change when a workdir is resumed: how long to train and how to log or save.
-RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_steps", "log.", "ckpt.")
+# Differences that never count as a config change: how to log, and the permission itself.
+IGNORED_CHANGES = ("log.", "ckpt.allow_config_change")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -30,29 +30,38 @@ def as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def check_or_write_config(workdir: pathlib.Path, config: dict) -> bool:
-    """Writes config.json in a new workdir; in an existing one checks the config still matches.
-
-    Returns True when the workdir already held a run.
-    """
+def config_changes(workdir: pathlib.Path, config: dict) -> list[str] | None:
+    """None for a new workdir; else the `key: old -> new` differences from its config.json."""
     path = workdir / "config.json"
-    config = as_json(config)
     if not path.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        return False
+        return None
     try:
         saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{str(path)!r} is not valid JSON; point --workdir at a new directory") from None
-    old, new = flatten(saved), flatten(config)
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
-    if changed:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
-        raise ConfigError(f"workdir {str(workdir)!r} holds a run with a different config ({shown}); "
-                          f"use a new --workdir or the same config")
-    return True
+    old, new = flatten(saved), flatten(as_json(config))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and not k.startswith(IGNORED_CHANGES)]
+
+
+def check_config(workdir: pathlib.Path, config: dict, allow_change: bool) -> list[str] | None:
+    """Refuses to resume `workdir` with a different config unless `allow_change`."""
+    changes = config_changes(workdir, config)
+    if changes and not allow_change:
+        raise ConfigError(
+            f"workdir {str(workdir)!r} holds a run with a different config ({', '.join(changes[:4])}"
+            f"{', ...' if len(changes) > 4 else ''}); use a new --workdir, the same config, or "
+            f"--config.ckpt.allow_config_change=True")
+    return changes
+
+
+def write_config(workdir: pathlib.Path, config: dict, resumed_at: int | None) -> pathlib.Path:
+    """config.json for a new run; a changed config on resume goes to config.resume-<step>.json
+    so the history stays readable and config.json is never overwritten."""
+    name = "config.json" if resumed_at is None else f"config.resume-{resumed_at}.json"
+    path = workdir / name
+    path.write_text(json.dumps(as_json(config), indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def git_sha() -> str | None:
