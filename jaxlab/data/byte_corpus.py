@@ -72,7 +72,7 @@ def position_corpus(data: np.ndarray, valid_fraction: float, origin: str) -> Byt
 def _byte_facts(splits: dict[str, np.ndarray]) -> dict[str, Any]:
     content = hashlib.sha256()
     for name in SPLITS:
-        content.update(splits[name].tobytes())
+        content.update(memoryview(np.ascontiguousarray(splits[name])))  # no copy of a memmap
     return {"bytes": {name: int(len(splits[name])) for name in SPLITS},
             "content_sha256": content.hexdigest()}
 

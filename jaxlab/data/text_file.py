@@ -14,6 +14,7 @@ The corpus is read once per process and cached by (path, glob, valid_fraction).
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import os
 import pathlib
@@ -25,6 +26,8 @@ from jaxlab.data.byte_corpus import ByteCorpus, ByteWindows, file_corpus, positi
 from jaxlab.registry import DATASETS
 from jaxlab.errors import ConfigError
 
+UTF8_CHUNK = 1 << 24
+
 
 def require_utf8(path: str, data: bytes) -> None:
     try:
@@ -32,6 +35,28 @@ def require_utf8(path: str, data: bytes) -> None:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not valid UTF-8 text (byte {e.start}); "
                           f"data.path must name UTF-8 text files only.") from None
+
+
+def map_file(path: str) -> np.ndarray:
+    """The file as a read-only memory map (a large corpus is never read whole into memory),
+    checked to be UTF-8 chunk by chunk."""
+    try:
+        if os.path.getsize(path) == 0:
+            return np.zeros(0, np.uint8)
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+    except OSError as error:
+        raise ConfigError(f"data.path {path} cannot be read ({error.strerror}); "
+                          f"check its permissions.") from None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for start in range(0, len(data), UTF8_CHUNK):
+        carried = len(decoder.getstate()[0])  # bytes of a character cut by the last chunk
+        try:
+            decoder.decode(data[start:start + UTF8_CHUNK].tobytes(),
+                           final=start + UTF8_CHUNK >= len(data))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not valid UTF-8 text (byte {start - carried + e.start}); "
+                              f"data.path must name UTF-8 text files only.") from None
+    return data
 
 
 def folder_files(root: pathlib.Path, pattern: str) -> list[str]:
@@ -53,9 +78,8 @@ def folder_files(root: pathlib.Path, pattern: str) -> list[str]:
 def load_text(path: str, pattern: str, valid_fraction: float) -> ByteCorpus:
     target = pathlib.Path(path)
     if target.is_file():
-        data = target.read_bytes()
-        require_utf8(path, data)
-        return position_corpus(np.frombuffer(data, np.uint8), valid_fraction, f"file {path}")
+        data = map_file(path)
+        return position_corpus(data, valid_fraction, f"file {path}")
     files = folder_files(target, pattern)
     if not files:
         raise ConfigError(f"folder {path} has no regular files matching data.glob "

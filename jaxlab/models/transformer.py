@@ -19,6 +19,9 @@ def check_heads(cfg) -> None:
     if cfg.num_heads % kv_heads:
         raise ConfigError(f"model.num_heads={cfg.num_heads} is not a multiple of "
                           f"model.num_kv_heads={kv_heads}")
+    if cfg.get("position") == "rope" and (cfg.width // cfg.num_heads) % 2:
+        raise ConfigError(f"rotary positions need an even head dim, but model.width={cfg.width} / "
+                          f"model.num_heads={cfg.num_heads} = {cfg.width // cfg.num_heads}")
 
 
 @MODELS.register("lm")

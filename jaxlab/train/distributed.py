@@ -28,5 +28,13 @@ def maybe_initialize() -> None:
     global _initialized
     if _initialized or not wanted():
         return
-    jax.distributed.initialize()
+    # CPU processes exchange collectives through gloo; accelerators ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        kwargs["coordinator_address"] = os.environ["JAX_COORDINATOR_ADDRESS"]
+        for key, env in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+            if env in os.environ:
+                kwargs[key] = int(os.environ[env])
+    jax.distributed.initialize(**kwargs)
     _initialized = True

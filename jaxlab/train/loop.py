@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from jaxlab.data import build_dataset
 from jaxlab.errors import ConfigError, TrainingError
-from jaxlab.models.sampling import decode_bytes, sample_tokens
+from jaxlab.models.decoding import generate
+from jaxlab.models.sampling import decode_bytes
 from jaxlab.train import distributed, mesh as mesh_lib, metrics as metrics_lib, preemption
 from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.checkpoint import Checkpointer, abstract_like
@@ -43,11 +44,35 @@ def check_model_fits_data(config, dataset) -> None:
                           f"{dataset.num_classes} classes of dataset {config.data.name!r}")
 
 
+POSITIVE_KEYS = ("train.steps", "train.batch_size", "train.grad_accum", "train.eval_every",
+                 "train.eval_steps", "ckpt.every", "ckpt.keep", "log.every")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_run_config(config) -> None:
+    """Errors the trainer would otherwise meet deep inside a loop or a compile."""
+    for dotted in POSITIVE_KEYS:
+        group, key = dotted.split(".")
+        value = config[group][key]
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{dotted}={value!r} must be a positive integer")
+    dtype = config.model.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={dtype!r} is not supported; valid: {', '.join(DTYPES)}")
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {str(workdir)!r} is a file, not a directory; "
+                          f"give a new or existing run directory")
+
+
 class Run:
     """Everything a training run builds before its first step; tests use it directly."""
 
     def __init__(self, config, devices=None):
         distributed.maybe_initialize()
+        check_run_config(config)
         self.config = config
         self.dataset = build_dataset(config.data)
         check_model_fits_data(config, self.dataset)
@@ -102,14 +127,15 @@ class Run:
         """A short generated continuation of a validation prompt (byte-level LMs only)."""
         if self.dataset.task != "lm" or self.dataset.bytes_per_token != 1.0:
             return None
-        # Parameters are arguments, not closed-over constants baked into the compiled program.
-        logits = jax.jit(lambda params, extra, tokens: self.model_def.merge(params, extra)(tokens))
         with jax.set_mesh(self.mesh):
-            prompt = self.dataset.batch("valid", 0, 1, seed=self.config.seed)
-            tokens = sample_tokens(lambda t: logits(state["params"], state["extra"], t),
-                                   prompt["inputs"][0, :48], length=length,
-                                   window=self.config.data.seq_len, seed=self.config.seed)
-        return decode_bytes(prompt["inputs"][0, :48]) + decode_bytes(tokens)
+            seq_len = self.config.data.seq_len
+            prompt = self.dataset.batch("valid", 0, 1, seed=self.config.seed)["inputs"][0, :min(48, seq_len // 2)]
+            model = self.model_def.merge(state["params"], state["extra"])
+            # Cached decoding; it stops at the training length, past which positions are untrained.
+            steps = min(length, seq_len - len(prompt))
+            tokens = generate(model, prompt, steps, temperature=0.8,
+                              rng=jax.random.key(self.config.seed))
+        return decode_bytes(prompt) + decode_bytes(np.asarray(tokens))
 
 
 def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool = True,
@@ -120,6 +146,7 @@ def train(config, workdir: str | pathlib.Path, *, devices=None, progress: bool =
     the same command resumes from it.
     """
     workdir = pathlib.Path(workdir)
+    check_workdir(workdir)
     run = Run(config, devices)
     is_writer = jax.process_index() == 0
     changes = workdir_lib.check_config(workdir, config.to_dict(), config.ckpt.allow_config_change)
