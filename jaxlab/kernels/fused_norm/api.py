@@ -1,0 +1,96 @@
+"""fused_norm(x, scale, bias=None, residual=None, kind=..., impl=...): the public op."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxlab.errors import ConfigError
+from jaxlab.kernels import dispatch
+from jaxlab.kernels.fused_norm import pallas
+from jaxlab.kernels.fused_norm.reference import KINDS, fused_norm_reference
+
+OP = "fused_norm"
+
+
+def block_rows_for(n: int, d: int) -> int:
+    """Rows per program: a power of two (Triton) and a multiple of 8 (TPU sublanes), about
+    64 KiB of float32 per block, never far more rows than there are."""
+    rows = max(8, min(256, (16384 // max(d, 1))))
+    rows = 1 << (rows.bit_length() - 1)
+    while rows > 8 and rows // 2 >= n:
+        rows //= 2
+    return rows
+
+
+def unsupported(d: int) -> str | None:
+    backend = jax.default_backend()
+    if backend == "gpu" and d & (d - 1):
+        return f"the Triton kernel needs a power-of-two feature size, got {d}"
+    if backend == "tpu" and d % 128:
+        return f"the TPU kernel needs a feature size that is a multiple of 128, got {d}"
+    return None
+
+
+def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: float = 1e-6,
+               impl: str = "auto"):
+    """norm(x + residual) · scale + bias over the last axis; returns y, or (y, x + residual).
+
+    kind "rms" (RMSNorm, bias allowed but unusual) or "layer" (LayerNorm). Statistics run in
+    float32; y and h keep x's dtype. impl: see jaxlab.kernels.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"fused_norm kind {kind!r} is unknown; valid: {', '.join(KINDS)}")
+    try:
+        path = dispatch.resolve(OP, impl, unsupported(x.shape[-1]))
+    except dispatch.Unsupported as error:
+        raise ConfigError(str(error)) from None
+    if path == "xla":
+        return fused_norm_reference(x, scale, bias, residual, kind=kind, eps=eps)
+    return _fused(x, scale, bias, residual, kind, eps, path == "interpret")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _fused(x, scale, bias, residual, kind, eps, interpret):
+    return _fused_fwd(x, scale, bias, residual, kind, eps, interpret)[0]
+
+
+def _rows(a) -> jax.Array:
+    return a.reshape(-1, a.shape[-1])
+
+
+def _pad_rows(a, n_pad: int) -> jax.Array:
+    # Padded rows are zeros: their statistics stay finite and they are sliced away.
+    return jnp.pad(a, ((0, n_pad - a.shape[0]), (0, 0)))
+
+
+def _fused_fwd(x, scale, bias, residual, kind, eps, interpret):
+    n, d = _rows(x).shape
+    block = block_rows_for(n, d)
+    n_pad = -(-n // block) * block
+    y, h, mean, rstd = pallas.forward(
+        _pad_rows(_rows(x), n_pad), scale, bias,
+        None if residual is None else _pad_rows(_rows(residual), n_pad),
+        kind=kind, eps=eps, block_rows=block, interpret=interpret)
+    y_out = y[:n].reshape(x.shape)
+    out = y_out if residual is None else (y_out, h[:n].reshape(x.shape))
+    saved_h = _pad_rows(_rows(x), n_pad) if h is None else h
+    # `bias` and `residual` ride along only to say whether they exist (None is an empty tree).
+    return out, (saved_h, scale, mean, rstd, bias, residual)
+
+
+def _fused_bwd(kind, eps, interpret, saved, cotangent):
+    h, scale, mean, rstd, bias, residual = saved
+    dy, dh = cotangent if residual is not None else (cotangent, jnp.zeros_like(cotangent))
+    n, d = _rows(dy).shape
+    n_pad = h.shape[0]
+    dx, dscale, dbias = pallas.backward(
+        h, _pad_rows(_rows(dy), n_pad), _pad_rows(_rows(dh), n_pad), scale, mean, rstd,
+        kind=kind, block_rows=block_rows_for(n, d), interpret=interpret)
+    dx = dx[:n].reshape(dy.shape)
+    return (dx, dscale.astype(scale.dtype), None if bias is None else dbias.astype(bias.dtype),
+            None if residual is None else dx)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)

@@ -1,0 +1,115 @@
+"""Pallas kernels for the fused norm: one pass forward, one pass backward, over row blocks.
+
+Each program owns `block_rows` full rows, so the row statistics need no cross-program
+reduction; the scale/bias gradients come out as one partial sum per block, added up by XLA.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from jaxlab.kernels.dispatch import compiler_params
+
+
+def _normalize(h, kind: str, eps: float):
+    if kind == "rms":
+        mean = jnp.zeros((h.shape[0], 1), jnp.float32)
+    else:
+        mean = jnp.mean(h, axis=1, keepdims=True)
+    centered = h - mean
+    rstd = jax.lax.rsqrt(jnp.mean(centered * centered, axis=1, keepdims=True) + eps)
+    return centered * rstd, mean, rstd
+
+
+def _forward_kernel(*refs, kind: str, eps: float, has_residual: bool, has_bias: bool):
+    refs = list(refs)
+    x_ref = refs.pop(0)
+    r_ref = refs.pop(0) if has_residual else None
+    w_ref = refs.pop(0)
+    b_ref = refs.pop(0) if has_bias else None
+    y_ref = refs.pop(0)
+    h_ref = refs.pop(0) if has_residual else None
+    mean_ref, rstd_ref = refs
+    h = x_ref[...]
+    if has_residual:
+        h = h + r_ref[...]
+        h_ref[...] = h
+    xhat, mean, rstd = _normalize(h.astype(jnp.float32), kind, eps)
+    y = xhat * w_ref[...].astype(jnp.float32)[None, :]
+    if has_bias:
+        y = y + b_ref[...].astype(jnp.float32)[None, :]
+    y_ref[...] = y.astype(y_ref.dtype)
+    mean_ref[...] = mean[:, 0]
+    rstd_ref[...] = rstd[:, 0]
+
+
+def _backward_kernel(h_ref, dy_ref, dh_ref, w_ref, mean_ref, rstd_ref, dx_ref, dw_ref, db_ref, *,
+                     kind: str):
+    h = h_ref[...].astype(jnp.float32)
+    rstd = rstd_ref[...][:, None]
+    xhat = (h - mean_ref[...][:, None]) * rstd
+    dy = dy_ref[...].astype(jnp.float32)
+    dxhat = dy * w_ref[...].astype(jnp.float32)[None, :]
+    inner = dxhat - xhat * jnp.mean(dxhat * xhat, axis=1, keepdims=True)
+    if kind == "layer":
+        inner = inner - jnp.mean(dxhat, axis=1, keepdims=True)
+    dx_ref[...] = (rstd * inner + dh_ref[...].astype(jnp.float32)).astype(dx_ref.dtype)
+    dw_ref[...] = jnp.sum(dy * xhat, axis=0)[None, :]
+    db_ref[...] = jnp.sum(dy, axis=0)[None, :]
+
+
+def _row_spec(block_rows: int, d: int):
+    return pl.BlockSpec((block_rows, d), lambda i: (i, 0))
+
+
+def _vector_spec(d: int):
+    return pl.BlockSpec((d,), lambda i: (0,))
+
+
+def _stat_spec(block_rows: int):
+    return pl.BlockSpec((block_rows,), lambda i: (i,))
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "eps", "block_rows", "interpret"))
+def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int, interpret: bool):
+    """x, residual [n, d] with n a multiple of block_rows -> (y, h or None, mean, rstd)."""
+    n, d = x.shape
+    has_residual, has_bias = residual is not None, bias is not None
+    inputs = [x] + ([residual] if has_residual else []) + [scale] + ([bias] if has_bias else [])
+    in_specs = ([_row_spec(block_rows, d)] * (1 + has_residual) + [_vector_spec(d)]
+                + ([_vector_spec(d)] if has_bias else []))
+    out_shape = ([jax.ShapeDtypeStruct((n, d), x.dtype)]
+                 + ([jax.ShapeDtypeStruct((n, d), x.dtype)] if has_residual else [])
+                 + [jax.ShapeDtypeStruct((n,), jnp.float32)] * 2)
+    out_specs = [_row_spec(block_rows, d)] * (1 + has_residual) + [_stat_spec(block_rows)] * 2
+    kernel = functools.partial(_forward_kernel, kind=kind, eps=eps, has_residual=has_residual,
+                               has_bias=has_bias)
+    outs = pl.pallas_call(kernel, out_shape=out_shape, grid=(n // block_rows,),
+                          in_specs=in_specs, out_specs=out_specs, interpret=interpret,
+                          compiler_params=None if interpret else compiler_params(),
+                          name=f"fused_{kind}_norm_fwd")(*inputs)
+    y, rest = outs[0], list(outs[1:])
+    h = rest.pop(0) if has_residual else None
+    return y, h, rest[0], rest[1]
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "block_rows", "interpret"))
+def backward(h, dy, dh, scale, mean, rstd, *, kind: str, block_rows: int, interpret: bool):
+    """-> (dx, dscale, dbias); dx is also the residual's gradient, since h = x + residual."""
+    n, d = h.shape
+    blocks = n // block_rows
+    dx, dw, db = pl.pallas_call(
+        functools.partial(_backward_kernel, kind=kind),
+        out_shape=[jax.ShapeDtypeStruct((n, d), h.dtype),
+                   jax.ShapeDtypeStruct((blocks, d), jnp.float32),
+                   jax.ShapeDtypeStruct((blocks, d), jnp.float32)],
+        grid=(blocks,),
+        in_specs=[_row_spec(block_rows, d)] * 3 + [_vector_spec(d)] + [_stat_spec(block_rows)] * 2,
+        out_specs=[_row_spec(block_rows, d), pl.BlockSpec((1, d), lambda i: (i, 0)),
+                   pl.BlockSpec((1, d), lambda i: (i, 0))],
+        interpret=interpret, compiler_params=None if interpret else compiler_params(),
+        name=f"fused_{kind}_norm_bwd")(h, dy, dh, scale, mean, rstd)
+    return dx, dw.sum(0), db.sum(0)

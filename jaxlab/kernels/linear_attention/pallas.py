@@ -1,0 +1,205 @@
+"""Pallas kernels for causal chunked linear attention: one program per (batch, head) walks the
+chunks in order with the state (S = Σ kvᵀ, z = Σ k) in registers.
+
+Forward: per chunk, out = ((QKᵀ ⊙ M) V + Q S) / ((QKᵀ ⊙ M) 1 + Q z) (or × scale), then the
+optional RMSNorm epilogue. Backward: a forward-time pass recomputes the outputs, turns d out into
+G = ∂L/∂num and H = ∂L/∂den and gives dQ; a reverse-time pass with dS = Σ qᵀg, dz = Σ q h gives
+dK and dV. Zero padding at the end of time is harmless: causality hides it from real queries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from jaxlab.kernels.dispatch import compiler_params
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    chunk: int
+    feature_map: str
+    normalize: bool
+    scale: float
+    eps: float
+    output_norm: bool
+    norm_eps: float
+
+
+def _phi(x, name):
+    if name == "elu1":
+        return jnp.where(x > 0, x + 1.0, jnp.exp(jnp.minimum(x, 0.0)))
+    if name == "relu":
+        return jnp.maximum(x, 0.0)
+    return x
+
+
+def _dphi(x, name):
+    if name == "elu1":
+        return jnp.where(x > 0, 1.0, jnp.exp(jnp.minimum(x, 0.0)))
+    if name == "relu":
+        return (x > 0).astype(x.dtype)
+    return jnp.ones_like(x)
+
+
+def _causal(c):
+    return (jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
+            >= jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)).astype(jnp.float32)
+
+
+def _dot_t(a, b):
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _dot_tn(a, b):
+    """aᵀ @ b."""
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _chunk_outputs(s: Setup, q, k, v, state, zsum):
+    """(num, den) of one chunk given the state of all earlier chunks."""
+    a = _dot_t(q, k) * _causal(s.chunk)
+    num = jnp.dot(a, v) + jnp.dot(q, state)
+    den = jnp.sum(a, axis=1) + jnp.dot(q, zsum[:, None])[:, 0]
+    return num, den
+
+
+def _finish(s: Setup, num, den):
+    return num / (den[:, None] + s.eps) if s.normalize else num * s.scale
+
+
+def _epilogue(s: Setup, o, gain):
+    rstd = jax.lax.rsqrt(jnp.mean(o * o, axis=1, keepdims=True) + s.norm_eps)
+    return o * rstd * gain[None, :], rstd
+
+
+def _load(ref, j, s: Setup):
+    return ref[pl.ds(j * s.chunk, s.chunk), :].astype(jnp.float32)
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, gain_ref, o_ref, *, s: Setup, num_chunks: int):
+    dk, dv = q_ref.shape[1], v_ref.shape[1]
+    gain = gain_ref[...].astype(jnp.float32)
+
+    def body(j, carry):
+        state, zsum = carry
+        q, k = _phi(_load(q_ref, j, s), s.feature_map), _phi(_load(k_ref, j, s), s.feature_map)
+        v = _load(v_ref, j, s)
+        o = _finish(s, *_chunk_outputs(s, q, k, v, state, zsum))
+        if s.output_norm:
+            o, _ = _epilogue(s, o, gain)
+        o_ref[pl.ds(j * s.chunk, s.chunk), :] = o.astype(o_ref.dtype)
+        return state + _dot_tn(k, v), zsum + jnp.sum(k, axis=0)
+
+    jax.lax.fori_loop(0, num_chunks, body,
+                      (jnp.zeros((dk, dv), jnp.float32), jnp.zeros((dk,), jnp.float32)))
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, gain_ref, do_ref, dq_ref, g_ref, h_ref, dgain_ref, *,
+               s: Setup, num_chunks: int):
+    dk, dv = q_ref.shape[1], v_ref.shape[1]
+    gain = gain_ref[...].astype(jnp.float32)
+    mask = _causal(s.chunk)
+
+    def body(j, carry):
+        state, zsum, dgain = carry
+        rows = pl.ds(j * s.chunk, s.chunk)
+        q_raw = _load(q_ref, j, s)
+        q, k = _phi(q_raw, s.feature_map), _phi(_load(k_ref, j, s), s.feature_map)
+        v, d_out = _load(v_ref, j, s), _load(do_ref, j, s)
+        num, den = _chunk_outputs(s, q, k, v, state, zsum)
+        o = _finish(s, num, den)
+        if s.output_norm:
+            _, rstd = _epilogue(s, o, gain)
+            dgain = dgain + jnp.sum(d_out * o * rstd, axis=0)
+            dy_hat = d_out * gain[None, :]
+            ohat = o * rstd
+            d_out = rstd * (dy_hat - ohat * jnp.mean(dy_hat * ohat, axis=1, keepdims=True))
+        if s.normalize:
+            inv = 1.0 / (den + s.eps)
+            g = d_out * inv[:, None]
+            h = -jnp.sum(d_out * num, axis=1) * inv * inv
+        else:
+            g, h = d_out * s.scale, jnp.zeros((s.chunk,), jnp.float32)
+        p = (_dot_t(g, v) + h[:, None]) * mask
+        dq = jnp.dot(p, k) + _dot_t(g, state) + h[:, None] * zsum[None, :]
+        dq_ref[rows, :] = (dq * _dphi(q_raw, s.feature_map)).astype(dq_ref.dtype)
+        g_ref[rows, :] = g
+        h_ref[rows] = h
+        return state + _dot_tn(k, v), zsum + jnp.sum(k, axis=0), dgain
+
+    _, _, dgain = jax.lax.fori_loop(
+        0, num_chunks, body, (jnp.zeros((dk, dv), jnp.float32), jnp.zeros((dk,), jnp.float32),
+                              jnp.zeros((dv,), jnp.float32)))
+    dgain_ref[...] = dgain[None, :]
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, dk_ref, dv_ref, *, s: Setup, num_chunks: int):
+    dk_dim, dv_dim = q_ref.shape[1], v_ref.shape[1]
+    mask_t = _causal(s.chunk).T
+
+    def body(step, carry):
+        dstate, dz = carry
+        j = num_chunks - 1 - step
+        rows = pl.ds(j * s.chunk, s.chunk)
+        q = _phi(_load(q_ref, j, s), s.feature_map)
+        k_raw = _load(k_ref, j, s)
+        k, v = _phi(k_raw, s.feature_map), _load(v_ref, j, s)
+        g, h = g_ref[rows, :], h_ref[rows]
+        p_t = (_dot_t(v, g) + h[None, :]) * mask_t          # [j, t]: g_t·v_j + h_t, t ≥ j
+        dk = jnp.dot(p_t, q) + _dot_t(v, dstate) + dz[None, :]
+        dv = jnp.dot(_dot_t(k, q) * mask_t, g) + jnp.dot(k, dstate)
+        dk_ref[rows, :] = (dk * _dphi(k_raw, s.feature_map)).astype(dk_ref.dtype)
+        dv_ref[rows, :] = dv.astype(dv_ref.dtype)
+        return dstate + _dot_tn(q, g), dz + jnp.dot(h[None, :], q)[0]
+
+    jax.lax.fori_loop(0, num_chunks, body, (jnp.zeros((dk_dim, dv_dim), jnp.float32),
+                                            jnp.zeros((dk_dim,), jnp.float32)))
+
+
+def _seq(t, d):
+    return pl.BlockSpec((None, None, t, d), lambda b, h: (b, h, 0, 0))
+
+
+def _call(kernel, grid, in_specs, out_specs, out_shape, interpret, name):
+    return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
+                          out_specs=out_specs, interpret=interpret, name=name,
+                          compiler_params=None if interpret else compiler_params(num_warps=4))
+
+
+@functools.partial(jax.jit, static_argnames=("s", "interpret"))
+def forward(q, k, v, gain, *, s: Setup, interpret: bool):
+    """q, k [B,H,T,Dk], v [B,H,T,Dv] with T a multiple of the chunk -> out [B,H,T,Dv]."""
+    b, h, t, dk = q.shape
+    dv = v.shape[3]
+    return _call(functools.partial(_forward_kernel, s=s, num_chunks=t // s.chunk), (b, h),
+                 [_seq(t, dk), _seq(t, dk), _seq(t, dv), pl.BlockSpec((dv,), lambda b, h: (0,))],
+                 _seq(t, dv), jax.ShapeDtypeStruct(v.shape, q.dtype), interpret,
+                 "linear_attention_fwd")(q, k, v, gain)
+
+
+@functools.partial(jax.jit, static_argnames=("s", "interpret"))
+def backward(q, k, v, gain, dout, *, s: Setup, interpret: bool):
+    """-> dq, dk, dv, dgain."""
+    b, h, t, dk = q.shape
+    dv = v.shape[3]
+    n = t // s.chunk
+    vector = pl.BlockSpec((dv,), lambda b, h: (0,))
+    rows = pl.BlockSpec((None, None, t), lambda b, h: (b, h, 0))
+    dq, g, hh, dgain = _call(
+        functools.partial(_dq_kernel, s=s, num_chunks=n), (b, h),
+        [_seq(t, dk), _seq(t, dk), _seq(t, dv), vector, _seq(t, dv)],
+        [_seq(t, dk), _seq(t, dv), rows, pl.BlockSpec((None, None, 1, dv), lambda b, h: (b, h, 0, 0))],
+        [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(v.shape, jnp.float32),
+         jax.ShapeDtypeStruct((b, h, t), jnp.float32), jax.ShapeDtypeStruct((b, h, 1, dv), jnp.float32)],
+        interpret, "linear_attention_dq")(q, k, v, gain, dout)
+    dk_out, dv_out = _call(
+        functools.partial(_dkdv_kernel, s=s, num_chunks=n), (b, h),
+        [_seq(t, dk), _seq(t, dk), _seq(t, dv), _seq(t, dv), rows],
+        [_seq(t, dk), _seq(t, dv)],
+        [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        interpret, "linear_attention_dkdv")(q, k, v, g, hh)
+    return dq, dk_out, dv_out, dgain.sum((0, 1, 2))

@@ -1,0 +1,31 @@
+"""XLA reference: φ on q and k, causal linear attention (jaxlab.ops), optional output RMSNorm.
+
+With normalize=False and output_norm="rms" this is TransNormer's NormAttention.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlab.ops.linear_attention import FEATURE_MAPS, linear_attention_parallel
+
+KERNEL_FEATURE_MAPS = ("elu1", "relu", "identity")
+
+
+def output_rms_norm(o, gain, eps):
+    o32 = o.astype(jnp.float32)
+    return o32 * jax.lax.rsqrt(jnp.square(o32).mean(-1, keepdims=True) + eps) * gain
+
+
+def chunked_linear_attention_reference(q, k, v, gain=None, *, feature_map: str = "elu1",
+                                       normalize: bool = True, scale: float = 1.0,
+                                       eps: float = 1e-6, output_norm: bool = False,
+                                       norm_eps: float = 1e-6):
+    """q, k [b, t, h, dk], v [b, t, h, dv] -> [b, t, h, dv] (float32 math, q's dtype out)."""
+    phi = FEATURE_MAPS[feature_map]
+    out, _ = linear_attention_parallel(phi(q.astype(jnp.float32)), phi(k.astype(jnp.float32)),
+                                       v, normalize=normalize, scale=scale, eps=eps)
+    out = out.astype(jnp.float32)
+    if output_norm:
+        out = output_rms_norm(out, 1.0 if gain is None else gain.astype(jnp.float32), norm_eps)
+    return out.astype(q.dtype)

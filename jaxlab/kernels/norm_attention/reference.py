@@ -1,0 +1,56 @@
+"""XLA reference for fused norm-attention, float32 throughout; the oracle for the kernels.
+
+    q̂ = norm(q)·q_scale, k̂ = norm(k)·k_scale          (over head_dim; skipped when qk_norm=None)
+    s = q̂ k̂ᵀ · sm_scale, masked (causal, key padding)
+    softmax:  p = exp(s) / Σ exp(s)
+    softplus: p = softplus(s) / Σ softplus(s)          (ℓ1 row normalization, no max needed)
+    out = p v                                            (rows with no visible key give 0)
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlab.ops.attention import attention_mask
+
+NORMALIZERS = ("softmax", "softplus")
+QK_NORMS = (None, "rms", "layer")
+
+
+def head_norm(x, scale, kind: str | None, eps: float):
+    """RMS- or LayerNorm over the last axis (head_dim) times `scale`, in float32."""
+    x = x.astype(jnp.float32)
+    if kind is None:
+        return x
+    if kind == "layer":
+        x = x - x.mean(-1, keepdims=True)
+    x = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
+    return x if scale is None else x * scale.astype(jnp.float32)
+
+
+def fused_norm_attention_reference(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, *,
+                                   qk_norm: str | None = None, normalizer: str = "softmax",
+                                   causal: bool = False, sm_scale: float | None = None,
+                                   eps: float = 1e-6):
+    """q [b, t, h, d], k and v [b, s, h_kv, d] with h a multiple of h_kv -> [b, t, h, d]."""
+    b, t, h, d = q.shape
+    s_len, h_kv = k.shape[1], k.shape[2]
+    sm_scale = d ** -0.5 if sm_scale is None else sm_scale
+    qn = head_norm(q, q_scale, qk_norm, eps).reshape(b, t, h_kv, h // h_kv, d)
+    kn = head_norm(k, k_scale, qk_norm, eps)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qn, kn,
+                        precision=jax.lax.Precision.HIGHEST) * sm_scale
+    mask = attention_mask(t, s_len, causal=causal, key_mask_bs=key_mask_bs)
+    visible = jnp.ones(scores.shape, bool) if mask is None else jnp.broadcast_to(
+        mask[:, :, None], scores.shape)
+    if normalizer == "softmax":
+        weights = jnp.exp(jnp.where(visible, scores, -jnp.inf)
+                          - jnp.max(jnp.where(visible, scores, -1e30), -1, keepdims=True))
+    else:
+        weights = jax.nn.softplus(scores)
+    weights = jnp.where(visible, weights, 0.0)
+    total = weights.sum(-1, keepdims=True)
+    probs = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(b, t, h, d).astype(q.dtype)

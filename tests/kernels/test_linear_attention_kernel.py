@@ -1,0 +1,54 @@
+"""Chunked linear attention kernel in interpret mode against the XLA reference."""
+import jax
+import jax.numpy as jnp
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jaxlab.kernels.linear_attention import chunked_linear_attention
+from jaxlab.ops.linear_attention import linear_attention_recurrent
+from tests.kernels.helpers import assert_matches_reference, close
+
+STRATEGIES = dict(
+    t=st.integers(1, 50),
+    chunk=st.sampled_from([8, 16]),
+    dims=st.sampled_from([(8, 8), (16, 8)]),
+    feature_map=st.sampled_from(["elu1", "relu", "identity"]),
+    normalize=st.booleans(),
+    output_norm=st.booleans(),
+    dtype=st.sampled_from([jnp.float32, jnp.bfloat16]))
+
+
+def check_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, dtype):
+    if feature_map == "identity":
+        normalize = False  # signed features make the denominator meaningless
+    dk, dv = dims
+    keys = jax.random.split(jax.random.key(t), 4)
+    q = jax.random.normal(keys[0], (2, t, 2, dk)).astype(dtype)
+    k = jax.random.normal(keys[1], (2, t, 2, dk)).astype(dtype)
+    v = jax.random.normal(keys[2], (2, t, 2, dv)).astype(dtype)
+    gain = 1 + 0.1 * jax.random.normal(keys[3], (dv,))
+    call = lambda impl: (lambda q, k, v, g: chunked_linear_attention(
+        q, k, v, g, feature_map=feature_map, normalize=normalize, scale=0.2,
+        output_norm=output_norm, chunk_size=chunk, impl=impl))
+    assert_matches_reference(call("interpret"), call("xla"), (q, k, v, gain), dtype)
+
+
+@settings(max_examples=3, deadline=None, derandomize=True)
+@given(**STRATEGIES)
+def test_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, dtype):
+    check_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, dtype)
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(**STRATEGIES)
+def test_matches_reference_wide(t, chunk, dims, feature_map, normalize, output_norm, dtype):
+    check_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, dtype)
+
+
+def test_equals_the_recurrent_form():
+    keys = jax.random.split(jax.random.key(5), 3)
+    q, k, v = (jax.random.normal(kk, (1, 21, 2, 8)) for kk in keys)
+    phi = lambda x: jax.nn.elu(x) + 1
+    want, _ = linear_attention_recurrent(phi(q), phi(k), v)
+    close(chunked_linear_attention(q, k, v, chunk_size=8, impl="interpret"), want, 1e-5)
