@@ -6,9 +6,12 @@ EXTRAS = {
     "tb": ["tensorboardX>=2.6"],
     "hf": ["datasets>=2.19"],
     "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.10", "matplotlib>=3.8"],
-    "bench": ["matplotlib>=3.8"],
+    # PyTorch only for the cross-framework benchmark (benchmarks/train_step.py); on a CPU-only
+    # machine install the CPU wheel first (e.g. `pip install torch==2.13.0`).
+    "bench": ["matplotlib>=3.8", "torch>=2.4"],
 }
-EXTRAS["dev"] = sorted({dep for deps in EXTRAS.values() for dep in deps if dep not in EXTRAS["hf"]})
+EXTRAS["dev"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("hf", "bench")
+                        for dep in deps})
 
 setup(
     name="jaxlab",
