@@ -2,10 +2,13 @@
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6"],
+    # The notebooks run in the test suite, so the tests need a Jupyter kernel and matplotlib.
+    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "nbclient>=0.10", "nbformat>=5.10",
+             "ipykernel>=6", "matplotlib>=3.8"],
     "tb": ["tensorboardX>=2.6"],
     "hf": ["datasets>=2.19"],
-    "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.10", "matplotlib>=3.8"],
+    "notebooks": ["jupyterlab>=4", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6",
+                  "matplotlib>=3.8"],
     # PyTorch only for the cross-framework benchmark (benchmarks/train_step.py); on a CPU-only
     # machine install the CPU wheel first (e.g. `pip install torch==2.13.0`).
     "bench": ["matplotlib>=3.8", "torch>=2.4"],
