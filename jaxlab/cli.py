@@ -78,7 +78,29 @@ def cmd_list(args, extra: list[str]) -> int:
     print("configs:")
     for path, doc in rows:
         print(f"  {path:{width}s}  {doc}")
+    from jaxlab.experiments.reproduce import list_experiments
+    print_experiments(list_experiments())
     return 0
+
+
+def cmd_reproduce(args, extra: list[str]) -> int:
+    from jaxlab.experiments.reproduce import list_experiments, reproduce
+    if extra:
+        raise ConfigError(f"unrecognized arguments {' '.join(extra)!r} for `jaxlab reproduce`")
+    if args.list or not args.name:
+        print_experiments(list_experiments())
+        return 0 if args.list else 2
+    rows = [r for r in (args.rows or "").split(",") if r] or None
+    reproduce(args.name, scale=args.scale, seeds=args.seeds, rows=rows, out=args.out,
+              publish=args.publish)
+    return 0
+
+
+def print_experiments(rows) -> None:
+    print("experiments (budget in minutes per scale):")
+    for name, title, budgets in rows:
+        budget = ", ".join(f"{scale} {minutes:g}" for scale, minutes in budgets.items())
+        print(f"  {name:24s} {title}  [{budget}]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "existing one is resumed")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=cmd_train)
-    lister = sub.add_parser("list", help="list configs with their descriptions")
+    lister = sub.add_parser("list", help="list configs and experiments with their descriptions")
     lister.set_defaults(run=cmd_list)
+    repro = sub.add_parser("reproduce", help="run a paper's table: jaxlab reproduce NAME")
+    repro.add_argument("name", nargs="?", help="experiment name (see --list)")
+    repro.add_argument("--list", action="store_true", help="list the experiments and budgets")
+    repro.add_argument("--scale", default="cpu", help="cpu (minutes on a CPU), full, or smoke")
+    repro.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the "
+                       "experiment's)")
+    repro.add_argument("--rows", help="comma-separated subset of rows")
+    repro.add_argument("--out", default="runs/reproductions", help="output folder")
+    repro.add_argument("--publish", action="store_true",
+                       help="also copy the table and plots to experiments/results/NAME/")
+    repro.set_defaults(run=cmd_reproduce)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Paper reproductions: experiments defined in experiments/<name>.py, run by `jaxlab reproduce`."""

@@ -1,0 +1,92 @@
+"""What an experiment is: rows (config overrides) × seeds at a scale, measurements, claims.
+
+An experiment module in experiments/ defines `EXPERIMENT = Experiment(...)`. Verdicts are
+computed from the run by the claims' checks, never written by hand.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Any, Callable, Mapping
+
+# results[row][metric] = one value per seed
+Results = Mapping[str, Mapping[str, list[float]]]
+
+HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    config: str                                  # a config spec, e.g. "configs/lm/gpt.py:depth=2"
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    budget_minutes: float = 20.0                 # what the whole experiment should take here
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    status: str      # HOLDS, FAILS or INCONCLUSIVE
+    ours: str        # the numbers behind it, in words
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    quote: str                                   # the paper's claim, quoted
+    check: Callable[[Results], Verdict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    paper: str                                   # authors, year, arXiv id
+    scales: Mapping[str, Scale]                  # "smoke" (tests), "cpu", "full"
+    rows: Mapping[str, Mapping[str, Any]]        # row name -> dotted config overrides
+    metrics: tuple[str, ...]                     # columns of the table, the first is plotted
+    claims: tuple[Claim, ...] = ()
+    seeds: int = 2
+    # Extra measurements on a trained row: (Run, restored state, summary) -> {metric: value}.
+    measure: Callable[[Any, dict, dict], Mapping[str, float]] | None = None
+    # Extra figures: (results, output folder) -> list of written paths.
+    plots: Callable[[Results, Any], list] | None = None
+    notes: str = ""                              # what differs from the paper's setup
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def spread(values: list[float]) -> float:
+    """Sample standard deviation over seeds (0 for one seed)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def describe(values: list[float]) -> str:
+    return f"{mean(values):.4g} ± {spread(values):.2g}" if len(values) > 1 else f"{mean(values):.4g}"
+
+
+def lower(metric: str, better: str, worse: str, *, margin: float = 0.0) -> Callable[[Results], Verdict]:
+    """Claim check: row `better` has a lower `metric` than row `worse`.
+
+    Holds when the gap exceeds `margin` and the seeds' spread; the opposite gap the same way
+    means it does not hold; anything in between is inconclusive.
+    """
+    def check(results: Results) -> Verdict:
+        a, b = results[better][metric], results[worse][metric]
+        gap = mean(b) - mean(a)
+        noise = max(margin, spread(a) + spread(b))
+        ours = f"{metric}: {better} {describe(a)} vs {worse} {describe(b)}"
+        if gap > noise:
+            return Verdict(HOLDS, ours)
+        if gap < -noise:
+            return Verdict(FAILS, ours)
+        return Verdict(INCONCLUSIVE, ours + " (gap within seed spread)")
+    return check
+
+
+def at_most(metric: str, row: str, bound: float) -> Callable[[Results], Verdict]:
+    """Claim check: every seed of `row` has `metric` ≤ bound."""
+    def check(results: Results) -> Verdict:
+        values = results[row][metric]
+        ours = f"{metric} of {row}: {describe(values)} (bound {bound:.3g})"
+        return Verdict(HOLDS if max(values) <= bound else FAILS, ours)
+    return check
