@@ -32,7 +32,12 @@ def transformer(**overrides) -> ml_collections.ConfigDict:
         name="lm", width=128, depth=4, num_heads=4, num_kv_heads=0, ffn="glu", ffn_mult=4.0,
         activation="silu", attention="softmax", causal=True, norm="rmsnorm", norm_position="pre",
         position="rope", rope_base=10000.0, max_len=256, vocab_size=256, tie_embeddings=True,
-        dtype="float32",
+        dtype="float32", remat="none",
+        # Block kind (layers/macaron.py); "standard" keeps attention → FFN.
+        block="standard", macaron_half_width=False,
+        # KAN family FFN kinds kan, grkan, polyrelu, polynorm (layers/kan.py).
+        kan_basis="bspline", kan_grid_size=5, kan_order=3, kan_grid_bound=2.0,
+        grkan_groups=8, grkan_init="gelu", polycom_order=3,
         # Normalization family (layers/norms.py, layers/blocks.py); defaults keep plain Pre-RMSNorm.
         norm_affine=True, mix_alpha=0.25, mix_post_layers=-1, layernorm_scaling=False,
         qk_norm="", qk_norm_affine=True, sigma_reparam=False,
