@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -42,21 +43,24 @@ def full_bytes(abstract_tree) -> int:
     return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract_tree))
 
 
-def measure(width: int, depth: int, seq: int, batch: int, mesh) -> dict:
+def measure(width: int, depth: int, seq: int, batch: int, mesh, remat: str = "none") -> dict:
     heads = max(1, width // 64)
     config = config_lib.load(
         f"configs/lm/gpt.py:width={width},depth={depth},heads={heads},seq_len={seq},batch={batch}",
-        {"mesh": mesh})
+        {"mesh": mesh, "model.remat": remat})
     run = Run(config)
     state = run.abstract_state
+    start = time.perf_counter()
     compiled = run.train_step.lower(run.restore_target(), run.batch("train", 0)).compile()
+    compile_s = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     params = per_device_bytes(state["params"], run.shardings["params"])
     opt = per_device_bytes(state["opt_state"], run.shardings["opt_state"])
     return {"params_total": full_bytes(state["params"]), "opt_total": full_bytes(state["opt_state"]),
             "params": params, "opt": opt,
             "temp": getattr(analysis, "temp_size_in_bytes", float("nan")),
-            "n_params": sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))}
+            "n_params": sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"])),
+            "compile_s": compile_s}
 
 
 def main():
@@ -78,6 +82,10 @@ def main():
     for name, r in rows.items():
         print(f"{name:34s} {mib(r['params']):9.1f} {mib(r['opt']):9.1f} {mib(r['temp']):9.1f}"
               f"  {(r['params'] + r['opt']) / ideal:27.2f}")
+    print(f"\nrematerialization on the FSDP mesh (model.remat): temp MiB per device, compile s")
+    for policy in ("none", "dots", "full"):
+        r = measure(args.width, args.depth, args.seq, args.batch, MESHES["FSDP (fsdp=8)"], policy)
+        print(f"  {policy:6s} {mib(r['temp']):9.1f} {r['compile_s']:8.1f}")
 
 
 if __name__ == "__main__":
