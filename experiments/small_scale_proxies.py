@@ -8,7 +8,7 @@ Here: a byte-level GPT on pysrc, baseline vs qk-layernorm + z-loss (1e-4), LR 3e
 """
 import math
 
-from jaxlab.experiments.spec import (FAILS, HOLDS, INCONCLUSIVE, Claim, Experiment, Scale,
+from jaxlab.experiments.spec import (FAILS, HOLDS, INCONCLUSIVE, Claim, Experiment, gpt_scales,
                                      Verdict, describe, mean, spread)
 
 LEARNING_RATES = (3e-3, 3e-2, 3e-1)
@@ -50,15 +50,9 @@ EXPERIMENT = Experiment(
     title="Small-scale proxies: LR sensitivity with and without qk-layernorm + z-loss",
     paper="Wortsman et al., Small-scale proxies for large-scale Transformer training "
           "instabilities, 2023 (arXiv:2309.14322)",
-    scales={
-        "smoke": Scale("configs/lm/gpt.py:runlocal", {"train.steps": 2}, budget_minutes=1),
-        "cpu": Scale("configs/lm/gpt.py:depth=2,width=64,heads=4,seq_len=64,steps=300,batch=16",
-                     {"optim.warmup_steps": 30, "train.eval_every": 300, "train.eval_steps": 8,
-                      "log.sample": False, "mesh": [("data", 1)]}, budget_minutes=10),
-        "full": Scale("configs/lm/gpt.py:depth=12,width=768,heads=12,seq_len=512,steps=10000,batch=256",
-                      {"optim.warmup_steps": 1000, "train.eval_steps": 32, "log.sample": False},
-                      budget_minutes=600),
-    },
+    scales=gpt_scales(depth=2, width=64, steps=300, cpu_budget=10,
+                      full="depth=12,width=768,heads=12,seq_len=512,steps=10000,batch=256",
+                      full_budget=600),
     rows=ROWS,
     metrics=("valid_loss", "train_loss"),
     claims=(

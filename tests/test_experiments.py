@@ -4,10 +4,13 @@ import json
 
 import pytest
 
+from jaxlab import config as config_lib
 from jaxlab.cli import main
+from jaxlab.errors import ConfigError
+from jaxlab.experiments.runner import run_row
 from jaxlab.experiments import registry
 from jaxlab.experiments.reproduce import reproduce
-from jaxlab.experiments.spec import FAILS, HOLDS, INCONCLUSIVE, at_most, lower
+from jaxlab.experiments.spec import FAILS, HOLDS, INCONCLUSIVE, at_most, higher, lower
 
 EXPERIMENTS = sorted(registry.all_experiments())
 
@@ -34,10 +37,15 @@ def test_experiment_runs_end_to_end_at_smoke_scale(name, tmp_path):
     saved = json.loads((out_dir / "results.json").read_text())
     assert saved["claims"] and set(saved["results"]) == set(experiment.rows)
     assert (out_dir / f"{experiment.metrics[0]}.png").stat().st_size > 0
-    # A second call reuses every finished row instead of training again.
+    # A second call reuses every finished row instead of training again...
     again = []
     reproduce(name, scale="smoke", seeds=1, out=tmp_path, emit=again.append)
     assert all("(reused)" in line for line in again if line.startswith("["))
+    # ...but never a row whose config has changed since.
+    row = next(iter(experiment.rows))
+    changed = config_lib.load("configs/lm/gpt.py:runlocal", {"seed": 5})
+    with pytest.raises(ConfigError, match="holds this row run with another config"):
+        run_row(experiment, changed, out_dir / "runs" / f"{row}-seed0")
 
 
 def test_lower_is_judged_against_the_seed_spread():
@@ -45,6 +53,8 @@ def test_lower_is_judged_against_the_seed_spread():
     assert lower("loss", "a", "b")(results).status == HOLDS
     assert lower("loss", "b", "a")(results).status == FAILS
     assert lower("loss", "a", "c")(results).status == INCONCLUSIVE
+    assert higher("loss", "b", "a")(results).status == HOLDS
+    assert higher("loss", "a", "b")(results).status == FAILS
     assert at_most("loss", "a", 1.2)(results).status == HOLDS
     assert at_most("loss", "b", 1.2)(results).status == FAILS
 

@@ -11,6 +11,7 @@ from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 from jaxlab.experiments.spec import Experiment, Results
 from jaxlab.train.checkpoint import Checkpointer
+from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.loop import Run, train
 
 
@@ -40,6 +41,10 @@ def run_row(experiment: Experiment, config, workdir: pathlib.Path) -> dict:
     """Trains (or resumes) one row and returns its numbers; a finished row is read back."""
     result_path = workdir / "result.json"
     if result_path.exists():
+        changes = workdir_lib.config_changes(workdir, config.to_dict())
+        if changes:
+            raise ConfigError(f"{str(workdir)!r} holds this row run with another config "
+                              f"({', '.join(changes[:3])}); remove it or use another --out")
         return json.loads(result_path.read_text())
     summary = train(config, workdir, progress=False, emit=lambda _: None)
     result = {k: float(v) for k, v in summary.items()

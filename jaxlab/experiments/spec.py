@@ -83,6 +83,11 @@ def lower(metric: str, better: str, worse: str, *, margin: float = 0.0) -> Calla
     return check
 
 
+def higher(metric: str, better: str, worse: str, *, margin: float = 0.0) -> Callable[[Results], Verdict]:
+    """Claim check: row `better` has a higher `metric` than row `worse` (see `lower`)."""
+    return lower(metric, worse, better, margin=margin)
+
+
 def at_most(metric: str, row: str, bound: float) -> Callable[[Results], Verdict]:
     """Claim check: every seed of `row` has `metric` ≤ bound."""
     def check(results: Results) -> Verdict:
@@ -90,3 +95,24 @@ def at_most(metric: str, row: str, bound: float) -> Callable[[Results], Verdict]
         ours = f"{metric} of {row}: {describe(values)} (bound {bound:.3g})"
         return Verdict(HOLDS if max(values) <= bound else FAILS, ours)
     return check
+
+
+def gpt_scales(*, depth: int, width: int, steps: int, cpu_budget: float, seq_len: int = 64,
+               batch: int = 16, warmup: int | None = None, full: str = "depth=24,width=1024,heads=16,seq_len=512,"
+                                            "steps=20000,batch=256",
+               full_budget: float = 900) -> dict[str, Scale]:
+    """smoke / cpu / full scales of the byte-level GPT (configs/lm/gpt.py) that the
+    normalization and stability papers share; cpu runs on one device, 10% warm-up unless
+    `warmup` says otherwise."""
+    quiet = {"log.sample": False}
+    return {
+        "smoke": Scale("configs/lm/gpt.py:runlocal", {"train.steps": 2}, budget_minutes=1),
+        "cpu": Scale(f"configs/lm/gpt.py:depth={depth},width={width},heads={max(1, width // 16)},"
+                     f"seq_len={seq_len},steps={steps},batch={batch}",
+                     {**quiet, "optim.warmup_steps": steps // 10 if warmup is None else warmup,
+                      "train.eval_every": steps,
+                      "train.eval_steps": 8, "mesh": [("data", 1)]}, budget_minutes=cpu_budget),
+        "full": Scale(f"configs/lm/gpt.py:{full}",
+                      {**quiet, "optim.warmup_steps": 1000, "train.eval_steps": 32},
+                      budget_minutes=full_budget),
+    }

@@ -40,8 +40,10 @@ def config_changes(workdir: pathlib.Path, config: dict) -> list[str] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{str(path)!r} is not valid JSON; point --workdir at a new directory") from None
     old, new = flatten(saved), flatten(as_json(config))
+    # A key the saved run did not have yet was added to the code later with a default that
+    # keeps the old behaviour, so it is not a change of this run.
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
-            if old.get(k) != new.get(k) and not k.startswith(IGNORED_CHANGES)]
+            if k in old and old.get(k) != new.get(k) and not k.startswith(IGNORED_CHANGES)]
 
 
 def check_config(workdir: pathlib.Path, config: dict, allow_change: bool) -> list[str] | None:
