@@ -22,7 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict(dict(rules=list(DEFAULT_RULES), overrides=[]))
     c.ckpt = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True,
                                             allow_config_change=False))
-    c.log = ml_collections.ConfigDict(dict(every=50, tensorboard=True, sample=True))
+    # diagnostics_every: per-layer depth diagnostics (jaxlab.analysis.depth) every N steps; 0 = off.
+    c.log = ml_collections.ConfigDict(dict(every=50, tensorboard=True, sample=True,
+                                           diagnostics_every=0))
     return c
 
 
@@ -33,6 +35,8 @@ def transformer(**overrides) -> ml_collections.ConfigDict:
         activation="silu", attention="softmax", causal=True, norm="rmsnorm", norm_position="pre",
         position="rope", rope_base=10000.0, max_len=256, vocab_size=256, tie_embeddings=True,
         dtype="float32", remat="none",
+        # Pallas kernels (jaxlab/kernels): xla, auto (Pallas on GPU/TPU), interpret (tests).
+        kernels="xla",
         # Block kind (layers/macaron.py); "standard" keeps attention → FFN.
         block="standard", macaron_half_width=False,
         # KAN family FFN kinds kan, grkan, polyrelu, polynorm (layers/kan.py).

@@ -77,7 +77,10 @@ CASES = [
     Case("dataset unknown", ("--config.data.name=c4",), "unknown dataset 'c4'; known:"),
     Case("optimizer unknown", ("--config.optim.name=adam",), "unknown optimizer 'adam'; known: adafactor, adamw, lamb, sgd"),
     Case("schedule unknown", ("--config.optim.schedule=cos",), "unknown schedule 'cos'; known:"),
-    Case("loss unknown", ("--config.train.loss=mse",), "unknown loss 'mse'; known: xent"),
+    Case("loss unknown", ("--config.train.loss=mae",), "unknown loss 'mae'; known: mse, xent"),
+    Case("regression data with a classification loss", ("--config", "configs/kan/fit.py:runlocal",
+                                                         "--config.train.loss=xent"),
+         "is a regression task; set train.loss=mse"),
     Case("non-finite policy unknown", ("--config.train.nonfinite=ignore",), "train.nonfinite='ignore' is not a policy; valid: halt, skip"),
     # values
     Case("learning rate not positive", ("--config.optim.lr=-1.0",), "optim.lr=-1.0 must be positive"),
@@ -132,11 +135,13 @@ def case_argv(case: Case) -> list[str]:
 
 def run_case(case: Case, scratch: pathlib.Path) -> tuple[int, str]:
     """(exit status, stderr) of the case's command run in-process against `scratch`."""
-    if case.setup:
-        case.setup(scratch)
     argv = [a.replace("{dir}", str(scratch)) for a in case_argv(case)]
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        if case.setup:  # inside the redirect: a setup that trains must not print into the doc
+            case.setup(scratch)
+        err.seek(0)
+        err.truncate()
         code = main(argv)
     return code, err.getvalue().replace(str(scratch), "<dir>").strip()
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from jaxlab.data import digits, pysrc, synthetic, text_file  # noqa: F401  (registration)
+from jaxlab.data import icl_regression  # noqa: F401  (registration)
+from jaxlab.data import bags, function_fit, tabular  # noqa: F401  (registration)
 from jaxlab.data.base import SPLITS, Dataset
 from jaxlab.errors import ConfigError
 from jaxlab.registry import DATASETS

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlab.kernels import dispatch
+from jaxlab.kernels.norm_attention import fused_norm_attention
 from jaxlab.layers.common import dense
 from jaxlab.layers.decode_cache import KVCache, require_cache
 from jaxlab.layers.norms import qk_norms
@@ -38,6 +40,7 @@ class SoftmaxAttention(nnx.Module):
         self.causal = bool(cfg.get("causal", True))
         self.rope_base = float(cfg.rope_base) if cfg.get("position") == "rope" else None
         self.softcap = float(cfg.get("attention_softcap", 0.0))
+        self.kernels = dispatch.check_impl(cfg.get("kernels", "xla"))
         self.cache = None  # a KVCache once init_cache runs (decoding only)
 
     def init_cache(self, batch: int, max_len: int) -> None:
@@ -46,7 +49,11 @@ class SoftmaxAttention(nnx.Module):
     def attend(self, q, k, v, *, causal: bool, key_mask_bs, position=None) -> jax.Array:
         """The attention math; other kinds of the softmax family override only this.
         `position` is the decoded token's index when reading a KV cache, else None."""
-        del position
+        if self.kernels != "xla" and position is None and not self.softcap:
+            # The flash-style Pallas kernel (jaxlab.kernels); qk-norm and RoPE stay in XLA
+            # because the rotation sits between the norm and the dot product.
+            return fused_norm_attention(q, k, v, key_mask_bs=key_mask_bs, causal=causal,
+                                        impl=self.kernels)
         return attention_ops.softmax_attention(q, k, v, causal=causal, key_mask_bs=key_mask_bs,
                                                softcap=self.softcap)
 

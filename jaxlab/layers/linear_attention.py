@@ -15,6 +15,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlab.errors import ConfigError
+from jaxlab.kernels import dispatch
+from jaxlab.kernels.linear_attention import chunked_linear_attention
+from jaxlab.kernels.linear_attention.reference import KERNEL_FEATURE_MAPS
 from jaxlab.layers.attention import head_counts
 from jaxlab.layers.common import dense, param
 from jaxlab.layers.decode_cache import StateCache, require_cache
@@ -49,7 +52,28 @@ class LinearAttentionBase(nnx.Module):
             raise ConfigError(f"model.chunk_size={self.chunk_size} must be a positive integer")
         self.normalize, self.scale, self.eps = normalize, scale, eps  # static: no dicts in a graphdef
         self.output_norm = output_norm
+        self.feature_map_name = feature_map
+        self.kernels = dispatch.check_impl(cfg.get("kernels", "xla"))
         self.cache = None
+
+    def uses_kernel(self, key_mask_bs, decode: bool) -> bool:
+        """The chunked Pallas kernel covers causal training-time calls of the plain kind: its
+        feature map runs inside the kernel, so padded keys (φ(0) ≠ 0) stay on the XLA path."""
+        return (self.kernels != "xla" and type(self) is LinearAttention and self.causal
+                and not decode and key_mask_bs is None and self.form == "chunked"
+                and self.feature_map_name in KERNEL_FEATURE_MAPS)
+
+    def kernel_call(self, x_btd: jax.Array) -> jax.Array:
+        b, t, _ = x_btd.shape
+        repeat = self.heads // self.kv_heads
+        q = self.q(x_btd).reshape(b, t, self.heads, self.head_dim)
+        k = jnp.repeat(self.k(x_btd).reshape(b, t, self.kv_heads, self.head_dim), repeat, axis=2)
+        v = jnp.repeat(self.v(x_btd).reshape(b, t, self.kv_heads, self.head_dim), repeat, axis=2)
+        out = chunked_linear_attention(q, k, v, feature_map=self.feature_map_name,
+                                       normalize=self.normalize, scale=self.scale, eps=self.eps,
+                                       output_norm=self.output_norm == "head",
+                                       chunk_size=self.chunk_size, impl=self.kernels)
+        return self.o(out.reshape(b, t, self.heads * self.head_dim).astype(x_btd.dtype))
 
     def op_kwargs(self) -> dict:
         return dict(normalize=self.normalize, scale=self.scale, eps=self.eps)
@@ -66,6 +90,8 @@ class LinearAttentionBase(nnx.Module):
     def __call__(self, x_btd: jax.Array, *, positions_bt: jax.Array | None = None,
                  key_mask_bs: jax.Array | None = None, decode: bool = False) -> jax.Array:
         del positions_bt
+        if self.uses_kernel(key_mask_bs, decode):
+            return self.kernel_call(x_btd)
         b, t, _ = x_btd.shape
         repeat = self.heads // self.kv_heads
         q = self.feature_map(self.q(x_btd).reshape(b, t, self.heads, self.head_dim))

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlab.errors import ConfigError
+from jaxlab.kernels import dispatch
+from jaxlab.kernels.fused_norm import fused_norm
 from jaxlab.layers.common import forward_mode, param
 from jaxlab.ops import norms
 from jaxlab.registry import NORM
@@ -26,26 +28,44 @@ def _affine_params(rngs, dim, axes, use_scale, use_bias):
     return scale, bias
 
 
+def _kernel_config(cls, cfg) -> dict:
+    return {"kernels": dispatch.check_impl(cfg.get("kernels", "xla"))}
+
+
+def _fused(x, scale, bias, kind: str, eps: float, impl: str):
+    """The same norm through jaxlab.kernels.fused_norm (model.kernels other than "xla")."""
+    scale = jnp.ones(x.shape[-1], jnp.float32) if scale is None else scale
+    return fused_norm(x, scale, bias, kind=kind, eps=eps, impl=impl)
+
+
 @NORM.register("layernorm")
 class LayerNorm(nnx.Module):
+    config_kwargs = classmethod(_kernel_config)
+
     def __init__(self, dim: int, *, rngs: nnx.Rngs, use_scale: bool = True, use_bias: bool = True,
-                 eps: float = 1e-6, axes: Sequence[str | None] = ("embed",)):
+                 eps: float = 1e-6, axes: Sequence[str | None] = ("embed",), kernels: str = "xla"):
         self.scale, self.bias = _affine_params(rngs, dim, axes, use_scale, use_bias)
-        self.eps = eps
+        self.eps, self.kernels = eps, kernels
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kernels != "xla":
+            return _fused(x, _value(self.scale), _value(self.bias), "layer", self.eps, self.kernels)
         return norms.layer_norm(x, _value(self.scale), _value(self.bias), self.eps)
 
 
 @NORM.register("rmsnorm")
 class RMSNorm(nnx.Module):
+    config_kwargs = classmethod(_kernel_config)
+
     def __init__(self, dim: int, *, rngs: nnx.Rngs, use_scale: bool = True, use_bias: bool = False,
-                 eps: float = 1e-6, axes: Sequence[str | None] = ("embed",)):
+                 eps: float = 1e-6, axes: Sequence[str | None] = ("embed",), kernels: str = "xla"):
         del use_bias  # RMSNorm has no shift by definition
         self.scale, _ = _affine_params(rngs, dim, axes, use_scale, False)
-        self.eps = eps
+        self.eps, self.kernels = eps, kernels
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kernels != "xla":
+            return _fused(x, _value(self.scale), None, "rms", self.eps, self.kernels)
         return norms.rms_norm(x, _value(self.scale), self.eps)
 
 

@@ -3,6 +3,8 @@
 Each is a drop-in for layers.common.Dense (same constructor and call). The power-iteration
 vector `u` is a non-parameter variable, so it travels in the train state's "extra" and is
 advanced once per forward pass in training mode (layers.common.training_mode) and frozen at eval.
+With gradient accumulation that is once per microbatch: the kernel is fixed within a step, so
+the extra iterations only sharpen the σ estimate (the papers do one per step).
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flax import nnx
 
 from jaxlab.models import transformer, vit  # noqa: F401  (registration)
+from jaxlab.models import hopfield_lookup, kan, mil  # noqa: F401  (registration)
 from jaxlab.models.decoding import generate  # noqa: F401
 from jaxlab.registry import MODELS
 

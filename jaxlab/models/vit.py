@@ -6,9 +6,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlab.errors import ConfigError
-from jaxlab.layers.blocks import Block, make_norm
+from jaxlab.layers.blocks import make_norm
 from jaxlab.layers.common import Dense
 from jaxlab.layers.embed import LearnedPositions
+from jaxlab.layers.macaron import make_block
 from jaxlab.models.transformer import check_heads
 from jaxlab.registry import MODELS
 
@@ -35,7 +36,7 @@ class ViT(nnx.Module):
         self.embed = Dense(patch_dim, cfg.width, axes=(None, "embed"), rngs=rngs, dtype=dtype,
                            use_bias=True)
         self.positions = LearnedPositions(cfg, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.depth)])
+        self.blocks = nnx.List([make_block(cfg, i, rngs=rngs) for i in range(cfg.depth)])
         self.final_norm = make_norm(cfg, rngs=rngs)
         self.head = Dense(cfg.width, cfg.num_classes, axes=("embed", None), rngs=rngs,
                           dtype=dtype, use_bias=True)

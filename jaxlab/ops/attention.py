@@ -24,8 +24,15 @@ def attention_mask(q_len: int, k_len: int, *, causal: bool,
 
 def softmax_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, *,
                       causal: bool = False, key_mask_bs: jax.Array | None = None,
-                      scale: float | None = None, softcap: float = 0.0) -> jax.Array:
+                      scale: float | None = None, softcap: float = 0.0,
+                      fused: bool = True) -> jax.Array:
     """softmax(q kᵀ · scale + mask) v with grouped-query heads.
+
+    With `fused` (default), float32 inputs with no padding mask, no soft-cap and, when causal,
+    as many queries as keys go to jax.nn.dot_product_attention; its causal mask starts at the
+    first key and its fully masked rows differ from ours, hence those conditions. 16-bit inputs
+    keep the einsum path so their logits stay float32 (so cuDNN's 16-bit flash kernel is not
+    used yet). Everything else takes the einsum path below.
 
     softcap > 0 bounds the logits smoothly to (−softcap, softcap) with softcap·tanh(logits/softcap)
     (Gemma 2's attention logit soft-capping).
@@ -39,9 +46,13 @@ def softmax_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, *
     if h % h_kv:
         raise ValueError(f"query heads {h} must be a multiple of key/value heads {h_kv}")
     scale = d ** -0.5 if scale is None else scale
+    if (fused and key_mask_bs is None and softcap == 0 and (t == s or not causal)
+            and q_bthd.dtype == k_bshd.dtype == v_bshd.dtype == jnp.float32):
+        return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, scale=scale, is_causal=causal)
     q_btkgd = q_bthd.reshape(b, t, h_kv, h // h_kv, d)
-    logits_bkgts = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bshd,
-                              preferred_element_type=jnp.float32) * scale
+    logits_bkgts = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bshd,  # float64 stays float64
+                              preferred_element_type=jnp.promote_types(q_bthd.dtype, jnp.float32)
+                              ) * scale
     if softcap > 0:
         logits_bkgts = softcap * jnp.tanh(logits_bkgts / softcap)
     mask = attention_mask(t, s, causal=causal, key_mask_bs=key_mask_bs)
@@ -69,6 +80,6 @@ def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, base: float = 10000.0
     if d % 2:
         raise ValueError(f"rotary embeddings need an even head dim, got {d}")
     cos, sin = rope_angles(positions_bt, d, base)
-    x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)
+    x1, x2 = jnp.split(x_bthd.astype(jnp.promote_types(x_bthd.dtype, jnp.float32)), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x_bthd.dtype)

@@ -137,7 +137,8 @@ def updated_mean_square(x: jax.Array, running_mean_square: jax.Array,
     """ψ²_t = momentum·ψ²_{t−1} + (1 − momentum)·mean(x²) per feature, without gradient."""
     xc = jax.lax.stop_gradient(x).astype(compute_dtype(x.dtype))
     batch = jnp.square(xc).mean(tuple(range(x.ndim - 1)))
-    return momentum * running_mean_square + (1.0 - momentum) * batch.astype(running_mean_square.dtype)
+    batch = batch.astype(running_mean_square.dtype)
+    return momentum * running_mean_square + (1.0 - momentum) * batch
 
 
 # Weight reparametrizations. Kernels are [in, out] (y = x @ W); the spectral norm is the same

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from jaxlab.analysis import depth
 from jaxlab.data import build_dataset
 from jaxlab.errors import ConfigError, TrainingError
 from jaxlab.models.decoding import generate
@@ -32,6 +33,12 @@ from jaxlab.train.step import make_eval_step, make_train_step
 
 def check_model_fits_data(config, dataset) -> None:
     model = config.model
+    if dataset.task not in ("lm", "classification", "regression"):
+        raise ConfigError(f"dataset {config.data.name!r} is a {dataset.task} task; the trainer "
+                          f"trains lm, classification and regression datasets")
+    if dataset.task == "regression" and config.train.loss != "mse":
+        raise ConfigError(f"dataset {config.data.name!r} is a regression task; set "
+                          f"train.loss=mse (got {config.train.loss!r})")
     if dataset.task == "lm":
         if "vocab_size" not in model or model.vocab_size < dataset.vocab_size:
             raise ConfigError(f"model.vocab_size={model.get('vocab_size')} is smaller than dataset "
@@ -118,10 +125,25 @@ class Run:
         return self.named_metrics("valid_", totals["loss_sum"] / weight, totals["correct_sum"] / weight)
 
     def named_metrics(self, prefix: str, loss: float, accuracy: float) -> dict[str, float]:
-        out = {f"{prefix}loss": loss, f"{prefix}accuracy": accuracy}
+        out = {f"{prefix}loss": loss}
+        if self.dataset.task != "regression":  # accuracy means nothing for real-valued targets
+            out[f"{prefix}accuracy"] = accuracy
         if self.dataset.bytes_per_token:
             out[f"{prefix}bpb"] = loss / math.log(2) / self.dataset.bytes_per_token
         return out
+
+    def diagnostics(self, state: dict) -> dict[str, float]:
+        """Per-layer depth diagnostics on the first validation batch, as flat scalars
+        (`depth/<name>/<layer>`): stream RMS and variance, angular distance, gradient norm,
+        loss change when the layer is skipped."""
+        model = self.model_def.merge(state["params"], state["extra"])
+        if not hasattr(model, "blocks"):
+            raise ConfigError(f"log.diagnostics_every needs a model with blocks; model "
+                              f"{self.config.model.name!r} has none")
+        with jax.set_mesh(self.mesh):
+            report = depth.depth_report(model, self.batch("valid", 0), self.config.train.loss)
+        return {f"depth/{name}/{i}": float(v) for name, values in report.items()
+                for i, v in enumerate(np.asarray(values))}
 
     def sample(self, state: dict, length: int = 160) -> str | None:
         """A short generated continuation of a validation prompt (byte-level LMs only)."""
@@ -129,7 +151,8 @@ class Run:
             return None
         with jax.set_mesh(self.mesh):
             seq_len = self.config.data.seq_len
-            prompt = self.dataset.batch("valid", 0, 1, seed=self.config.seed)["inputs"][0, :min(48, seq_len // 2)]
+            prompt = self.dataset.batch("valid", 0, 1, seed=self.config.seed)["inputs"][0]
+            prompt = prompt[:min(48, seq_len // 2)]
             model = self.model_def.merge(state["params"], state["extra"])
             # Cached decoding; it stops at the training length, past which positions are untrained.
             steps = min(length, seq_len - len(prompt))
@@ -194,6 +217,8 @@ def _train(run: Run, config, workdir: pathlib.Path, ckpt: Checkpointer, changes,
                 if eval_due:
                     last_eval = run.evaluate(state)
                     logger.write(done, last_eval)
+                if config.log.get("diagnostics_every") and done % config.log.diagnostics_every == 0:
+                    logger.write(done, run.diagnostics(state))
                 if ckpt_due or stopping:
                     ckpt.save(done, state, {"step": done, "config": config.to_json()})
                 if stopping:

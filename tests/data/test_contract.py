@@ -33,6 +33,11 @@ CONFIGS = {
     "copy": dict(seq_len=20),
     "digits": dict(),
     "text_file": dict(seq_len=16),
+    "icl_regression": dict(x_dim=3, num_examples=6),
+    "bit_bags": dict(num_bags=200),
+    "digit_bags": dict(),
+    "function_fit": dict(num_train=100, num_valid=50),
+    "tabular": dict(source="wine"),
 }
 
 
@@ -89,6 +94,8 @@ def test_batch_matches_example_spec(dataset):
         assert 0 <= out["targets"].min() and out["targets"].max() < dataset.vocab_size
         assert set(np.unique(out["weights"])) <= {0.0, 1.0}
         assert out["weights"].sum() > 0
+    elif dataset.task == "regression":
+        assert out["targets"].dtype == np.float32 and np.all(np.isfinite(out["inputs"]))
     else:
         assert dataset.task == "classification" and dataset.num_classes > 0
 

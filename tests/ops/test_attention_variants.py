@@ -24,10 +24,10 @@ def test_idw_weights_are_inverse_distances_with_gradients():
         return jnp.einsum("btsh,bshd->bthd", inv / inv.sum(2, keepdims=True), v)
 
     ours = lambda q, k, v: av.idw_attention(q, k, v, causal=True)
-    np.testing.assert_allclose(ours(q, k, v), naive(q, k, v), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(ours)(q, k, v), jax.jit(naive)(q, k, v), rtol=1e-5, atol=1e-6)
     gw = jnp.sin(jnp.arange(q.size, dtype=jnp.float32)).reshape(q.shape)
-    for a, b in zip(jax.grad(lambda *x: jnp.sum(ours(*x) * gw), argnums=(0, 1, 2))(q, k, v),
-                    jax.grad(lambda *x: jnp.sum(naive(*x) * gw), argnums=(0, 1, 2))(q, k, v)):
+    grads = lambda f: jax.jit(jax.grad(lambda *x: jnp.sum(f(*x) * gw), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(grads(ours), grads(naive)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -128,3 +128,17 @@ def test_softcap_bounds_logits_and_is_off_by_default():
     np.testing.assert_allclose(capped, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(softmax_attention(q, k, v, softcap=0.0),
                                   softmax_attention(q, k, v))
+
+
+@pytest.mark.parametrize("causal,kv_heads,t,s", [(True, 4, 6, 6), (False, 2, 5, 7), (True, 1, 6, 6),
+                                                 (True, 4, 3, 6)])
+def test_fused_softmax_path_equals_the_einsum_path(causal, kv_heads, t, s):
+    q, k, v = arrays((2, t, 4, 8), (2, s, kv_heads, 8), (2, s, kv_heads, 8))
+    fused = jax.jit(lambda q, k, v: softmax_attention(q, k, v, causal=causal))
+    plain = jax.jit(lambda q, k, v: softmax_attention(q, k, v, causal=causal, fused=False))
+    np.testing.assert_allclose(fused(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-6)
+    took_fused = str(jax.make_jaxpr(fused)(q, k, v)) != str(jax.make_jaxpr(plain)(q, k, v))
+    assert took_fused == (t == s or not causal)  # a short causal query block over a cache is not
+    loss = lambda f: jax.grad(lambda *x: jnp.sum(jnp.sin(f(*x))), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(loss(fused), loss(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

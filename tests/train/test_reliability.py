@@ -107,3 +107,13 @@ def test_an_incompatible_checkpoint_lists_the_mismatched_paths(tmp_path):
                                           r"params/.*: saved \(\d+, 32\) vs model \(\d+, 48\)"):
         quiet_train(wider, workdir)
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+
+def test_depth_diagnostics_are_logged_every_n_steps(tmp_path):
+    config = config_lib.load("configs/lm/gpt.py:runlocal", {"log.diagnostics_every": 3})
+    quiet_train(config, tmp_path / "w")
+    rows = [r for r in read_jsonl(tmp_path / "w" / "metrics.jsonl") if "depth/rms/0" in r]
+    assert [r["step"] for r in rows] == [3, 6]
+    layers = config.model.depth
+    assert all(f"depth/skip_loss_change/{i}" in rows[0] for i in range(layers))
+    assert all(f"depth/variance/{i}" in rows[0] for i in range(layers + 1))

@@ -1,0 +1,38 @@
+"""A model trained with `model.kernels=interpret` (the Pallas kernels, interpreted) follows the
+one trained with `model.kernels=xla` step for step."""
+import jax
+import numpy as np
+import pytest
+
+from jaxlab import config as config_lib
+from jaxlab.errors import ConfigError
+from jaxlab.kernels import last_path
+from jaxlab.train.loop import Run
+from tests.train.helpers import run_steps
+
+
+def three_steps(**overrides):
+    config = config_lib.load("configs/lm/gpt.py:runlocal", {"mesh": [("data", 1)], **overrides})
+    run = Run(config, jax.devices()[:1])
+    return run_steps(run, run.init(), 0, 3)
+
+
+@pytest.mark.parametrize("model", [
+    {"model.norm": "rmsnorm"},
+    {"model.norm": "layernorm", "model.attention": "linear", "model.chunk_size": 16},
+], ids=["softmax+rmsnorm", "linear+layernorm"])
+def test_interpreted_kernels_train_like_xla(model):
+    state_xla, losses_xla = three_steps(**model, **{"model.kernels": "xla"})
+    state_kernel, losses_kernel = three_steps(**model, **{"model.kernels": "interpret"})
+    assert last_path("fused_norm") == "interpret"
+    assert last_path("chunked_linear_attention" if "model.attention" in model
+                     else "fused_norm_attention") == "interpret"
+    np.testing.assert_allclose(losses_kernel, losses_xla, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 state_kernel["params"], state_xla["params"])
+    assert losses_kernel[-1] < losses_kernel[0]
+
+
+def test_unknown_kernel_setting():
+    with pytest.raises(ConfigError, match="kernel implementation 'fast' is unknown"):
+        three_steps(**{"model.kernels": "fast"})
