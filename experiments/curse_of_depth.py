@@ -18,8 +18,7 @@ ROWS = {
 }
 
 
-def measure(run, state, summary):
-    model = run.model_def.merge(state["params"], state["extra"])
+def measure(run, model, summary):
     report = depth.depth_report(model, run.batch("valid", 0))
     deep = slice(len(report["skip_loss_change"]) // 2, None)
     return {

@@ -16,8 +16,7 @@ ROWS = {f"alpha={alpha:g}": {"model.norm": "layernorm", "model.norm_position": "
                              "model.mix_alpha": alpha} for alpha in ALPHAS}
 
 
-def measure(run, state, summary):
-    model = run.model_def.merge(state["params"], state["extra"])
+def measure(run, model, summary):
     norms = depth.layer_gradient_norms(model, run.batch("valid", 0))
     return {"grad_norm_spread": float(np.std(norms) / np.mean(norms)),
             "first_to_last_grad_ratio": float(norms[0] / norms[-1])}

@@ -18,8 +18,7 @@ ROWS = {f"{placement}-{name}": {"model.norm": "layernorm", "model.norm_position"
         for name, lr in LEARNING_RATES.items() for placement in PLACEMENTS}
 
 
-def measure(run, state, summary):
-    model = run.model_def.merge(state["params"], state["extra"])
+def measure(run, model, summary):
     states = depth.hidden_states(model, run.batch("valid", 0)["inputs"])
     stats = depth.stream_statistics(states)
     return {"variance_growth": float(stats["variance"][-1] / stats["variance"][0]),

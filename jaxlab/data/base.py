@@ -63,6 +63,18 @@ class Dataset(abc.ABC):
                 "example_spec": spec, **self.source_facts()}
 
 
+class SampledArrays(Dataset):
+    """A dataset held as `self.splits[split] = (inputs, targets)` arrays; a batch draws its
+    examples with replacement by the batch rng (every weight 1)."""
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def _make_rows(self, split, rng, batch_size, rows):
+        inputs, targets = self.splits[split]
+        picks = rng.integers(0, len(targets), size=batch_size)[rows]
+        return {"inputs": inputs[picks], "targets": targets[picks],
+                "weights": np.ones(len(picks), np.float32)}
+
+
 def split_index(split: str) -> int:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; valid splits are {', '.join(SPLITS)}.")

@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from jaxlab.data.base import Dataset
+from jaxlab.data.base import SampledArrays
 from jaxlab.registry import DATASETS
 
 VALID_FRACTION = 0.2
@@ -31,7 +31,7 @@ def load_digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 @DATASETS.register("digits")
-class Digits(Dataset):
+class Digits(SampledArrays):
     name = "digits"
     task = "classification"
     num_classes = 10
@@ -43,12 +43,6 @@ class Digits(Dataset):
         return {"inputs": ((8, 8, 1), np.dtype(np.float32)),
                 "targets": ((), np.dtype(np.int32)),
                 "weights": ((), np.dtype(np.float32))}
-
-    def _make_rows(self, split, rng, batch_size, rows):
-        images, labels = self.splits[split]
-        picks = rng.integers(0, len(labels), size=batch_size)[rows]
-        return {"inputs": images[picks], "targets": labels[picks],
-                "weights": np.ones(len(picks), np.float32)}
 
     def source_facts(self):
         import sklearn

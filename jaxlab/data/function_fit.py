@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from jaxlab.data.base import Dataset, int_field
+from jaxlab.data.base import SampledArrays, int_field
 from jaxlab.errors import ConfigError
 from jaxlab.registry import DATASETS
 
@@ -40,7 +40,7 @@ def function_pool(function: str, num_train: int, num_valid: int, pool_seed: int)
 
 
 @DATASETS.register("function_fit")
-class FunctionFit(Dataset):
+class FunctionFit(SampledArrays):
     """Config: function (exp_sin_sq), num_train (1000), num_valid (1000), pool_seed (0)."""
     name = "function_fit"
     task = "regression"
@@ -59,11 +59,6 @@ class FunctionFit(Dataset):
         return {"inputs": ((self.dim,), np.dtype(np.float32)),
                 "targets": ((), np.dtype(np.float32)),
                 "weights": ((), np.dtype(np.float32))}
-
-    def _make_rows(self, split, rng, batch_size, rows):
-        x, y = self.splits[split]
-        picks = rng.integers(0, len(y), size=batch_size)[rows]
-        return {"inputs": x[picks], "targets": y[picks], "weights": np.ones(len(picks), np.float32)}
 
     def source_facts(self):
         return {"source": "synthetic function fitting", "function": self.function,

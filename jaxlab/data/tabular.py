@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from jaxlab.data.base import Dataset, fraction_field
+from jaxlab.data.base import SampledArrays, fraction_field
 from jaxlab.errors import ConfigError
 from jaxlab.registry import DATASETS
 
@@ -33,7 +33,7 @@ def load_table(source: str, valid_fraction: float):
 
 
 @DATASETS.register("tabular")
-class Tabular(Dataset):
+class Tabular(SampledArrays):
     name = "tabular"
     task = "classification"
 
@@ -49,11 +49,6 @@ class Tabular(Dataset):
         return {"inputs": ((self.splits["train"][0].shape[1],), np.dtype(np.float32)),
                 "targets": ((), np.dtype(np.int32)),
                 "weights": ((), np.dtype(np.float32))}
-
-    def _make_rows(self, split, rng, batch_size, rows):
-        x, y = self.splits[split]
-        picks = rng.integers(0, len(y), size=batch_size)[rows]
-        return {"inputs": x[picks], "targets": y[picks], "weights": np.ones(len(picks), np.float32)}
 
     def source_facts(self):
         import sklearn

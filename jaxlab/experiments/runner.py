@@ -52,7 +52,8 @@ def run_row(experiment: Experiment, config, workdir: pathlib.Path) -> dict:
     if experiment.measure is not None:
         run = Run(config)
         state, _ = Checkpointer(workdir / "checkpoints").restore(run.restore_target())
-        result.update({k: float(v) for k, v in experiment.measure(run, state, summary).items()})
+        model = run.model_def.merge(state["params"], state["extra"])
+        result.update({k: float(v) for k, v in experiment.measure(run, model, summary).items()})
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
     tmp.replace(result_path)  # a row counts as finished only once its result is whole

@@ -44,8 +44,8 @@ class Experiment:
     metrics: tuple[str, ...]                     # columns of the table, the first is plotted
     claims: tuple[Claim, ...] = ()
     seeds: int = 2
-    # Extra measurements on a trained row: (Run, restored state, summary) -> {metric: value}.
-    measure: Callable[[Any, dict, dict], Mapping[str, float]] | None = None
+    # Extra measurements on a trained row: (Run, trained model, summary) -> {metric: value}.
+    measure: Callable[[Any, Any, dict], Mapping[str, float]] | None = None
     # Extra figures: (results, output folder) -> list of written paths.
     plots: Callable[[Results, Any], list] | None = None
     notes: str = ""                              # what differs from the paper's setup
@@ -64,22 +64,25 @@ def describe(values: list[float]) -> str:
     return f"{mean(values):.4g} ± {spread(values):.2g}" if len(values) > 1 else f"{mean(values):.4g}"
 
 
-def lower(metric: str, better: str, worse: str, *, margin: float = 0.0) -> Callable[[Results], Verdict]:
-    """Claim check: row `better` has a lower `metric` than row `worse`.
+def judge_lower(better: list[float], worse: list[float], ours: str,
+                margin: float = 0.0) -> Verdict:
+    """`better` is lower than `worse` when the gap exceeds `margin` and the seeds' spread; the
+    opposite gap the same way means it does not hold; anything in between is inconclusive."""
+    gap = mean(worse) - mean(better)
+    noise = max(margin, spread(better) + spread(worse))
+    if gap > noise:
+        return Verdict(HOLDS, ours)
+    if gap < -noise:
+        return Verdict(FAILS, ours)
+    return Verdict(INCONCLUSIVE, ours + " (gap within seed spread)")
 
-    Holds when the gap exceeds `margin` and the seeds' spread; the opposite gap the same way
-    means it does not hold; anything in between is inconclusive.
-    """
+
+def lower(metric: str, better: str, worse: str, *, margin: float = 0.0) -> Callable[[Results], Verdict]:
+    """Claim check: row `better` has a lower `metric` than row `worse` (see judge_lower)."""
     def check(results: Results) -> Verdict:
         a, b = results[better][metric], results[worse][metric]
-        gap = mean(b) - mean(a)
-        noise = max(margin, spread(a) + spread(b))
-        ours = f"{metric}: {better} {describe(a)} vs {worse} {describe(b)}"
-        if gap > noise:
-            return Verdict(HOLDS, ours)
-        if gap < -noise:
-            return Verdict(FAILS, ours)
-        return Verdict(INCONCLUSIVE, ours + " (gap within seed spread)")
+        return judge_lower(a, b, f"{metric}: {better} {describe(a)} vs {worse} {describe(b)}",
+                           margin)
     return check
 
 

@@ -30,6 +30,14 @@ def make_norm(cfg, *, rngs: nnx.Rngs, dim: int | None = None) -> nnx.Module:
     return kind(cfg.width if dim is None else dim, rngs=rngs, **kwargs)
 
 
+def embedding_norm(position, cfg, layer_index: int, *, rngs: nnx.Rngs) -> nnx.Module | None:
+    """The norm on the embedding output that some placements (Peri-LN) ask for; the first
+    block owns it, so models need not know about it."""
+    if layer_index == 0 and getattr(position, "embedding_norm", False):
+        return make_norm(cfg, rngs=rngs)
+    return None
+
+
 def depth_scale(cfg, layer_index: int) -> float:
     """1/√ℓ with ℓ = layer_index + 1 under LayerNorm Scaling, else 1."""
     return 1.0 / math.sqrt(layer_index + 1) if cfg.get("layernorm_scaling", False) else 1.0
@@ -127,9 +135,7 @@ class Block(nnx.Module):
         ffn = FFN.get(cfg.ffn)(cfg, rngs=rngs)
         self.attention = position(attention, cfg, layer_index, rngs=rngs)
         self.ffn = position(ffn, cfg, layer_index, rngs=rngs)
-        self.embedding_norm = (make_norm(cfg, rngs=rngs)
-                               if layer_index == 0 and getattr(position, "embedding_norm", False)
-                               else None)
+        self.embedding_norm = embedding_norm(position, cfg, layer_index, rngs=rngs)
 
     def __call__(self, x_btd: jax.Array, **attention_kwargs) -> jax.Array:
         if self.embedding_norm is not None:

@@ -18,7 +18,7 @@ import jax
 from flax import nnx
 
 from jaxlab.layers.attention_schedule import attention_kind
-from jaxlab.layers.blocks import Block, make_norm
+from jaxlab.layers.blocks import Block, embedding_norm
 from jaxlab.registry import ATTENTION, BLOCKS, FFN, NORM_POSITION
 
 BLOCKS.register("standard")(Block)
@@ -57,9 +57,7 @@ class MacaronBlock(nnx.Module):
         self.attention = position(ATTENTION.get(attention_kind(cfg, layer_index))(cfg, rngs=rngs),
                                   cfg, layer_index, rngs=rngs)
         self.ffn_out = position(HalfStep(FFN.get(cfg.ffn)(ffn_cfg, rngs=rngs)), cfg, layer_index, rngs=rngs)
-        self.embedding_norm = (make_norm(cfg, rngs=rngs)
-                               if layer_index == 0 and getattr(position, "embedding_norm", False)
-                               else None)
+        self.embedding_norm = embedding_norm(position, cfg, layer_index, rngs=rngs)
 
     def __call__(self, x_btd: jax.Array, **attention_kwargs) -> jax.Array:
         if self.embedding_norm is not None:
