@@ -43,6 +43,26 @@ def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True):
     return candidates
 
 
+def bench_blocks(t, d, dtype, rounds, settings):
+    """fwd+bwd TFLOP/s of the Pallas kernel per (block_q, block_k, num_warps, num_stages)."""
+    b, h = max(1, 16384 // t), 16 if d == 64 else 8
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
+    scale = jnp.ones((d,), jnp.float32)
+    flops = 3.5 * 4 * b * h * t * t * d / 2
+    results = {}
+    for bq, bk, warps, stages in settings:
+        g = fwd_bwd(lambda q, k, v: fused_norm_attention(
+            q, k, v, scale, scale, qk_norm="rms", causal=True, impl="pallas", block_q=bq,
+            block_k=bk, num_warps=warps, num_stages=stages))
+        try:
+            results[(bq, bk, warps, stages)] = flops / interleaved(
+                {"g": lambda: g(q, k, v)}, rounds)["g"] / 1e12
+        except Exception as error:  # e.g. a tile too large for shared memory
+            results[(bq, bk, warps, stages)] = f"failed: {str(error).splitlines()[0][:100]}"
+    return results
+
+
 def fwd_bwd(fn):
     loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32))
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
@@ -57,7 +77,12 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds):
     for name, fn in attention_candidates(q, k, v, scale, kernel_impl).items():
         f = jax.jit(fn)
         g = fwd_bwd(fn)
-        times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)}, rounds)
+        try:
+            times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)},
+                                rounds)
+        except Exception as error:  # e.g. the all-XLA path out of memory at long T: a row
+            rows.append((name, f"failed: {str(error).splitlines()[0][:120]}"))
+            continue
         bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
         rows.append((name, flops_fwd / times["fwd"] / 1e12, 2.5 * flops_fwd / bwd / 1e12,
                      3.5 * flops_fwd / times["fwd+bwd"] / 1e12))
@@ -91,26 +116,40 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, interpreted kernels")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--lengths", default="1024,2048,4096,8192,16384")
+    parser.add_argument("--head-dims", default="64,128")
+    parser.add_argument("--parts", default="attention,norm,linear")
     args = parser.parse_args()
     impl = "interpret" if args.smoke else "pallas"
-    lengths = [64] if args.smoke else [1024, 2048, 4096, 8192, 16384]
-    head_dims = [16] if args.smoke else [64, 128]
+    lengths = [64] if args.smoke else [int(x) for x in args.lengths.split(",")]
+    head_dims = [16] if args.smoke else [int(x) for x in args.head_dims.split(",")]
     dtype = jnp.float32 if args.smoke else jnp.bfloat16
     rounds = 2 if args.smoke else args.rounds
     print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}  dtype {jnp.dtype(dtype).name}")
+    parts = args.parts.split(",")
+    if "blocks" in parts:
+        print("\nPallas norm-attention fwd+bwd TFLOP/s by (block_q, block_k, warps, stages), T=4096")
+        sweep = [(64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3),
+                 (128, 128, 8, 2), (64, 128, 4, 2)]
+        for d in head_dims:
+            for setting, rate in bench_blocks(4096, d, dtype, rounds, sweep).items():
+                print(f"  d={d:4d} {setting}: {rate if isinstance(rate, str) else f'{rate:.1f}'}",
+                      flush=True)
     print("\nfused norm-attention (rms qk-norm, causal), TFLOP/s: fwd / bwd / fwd+bwd")
-    for d in head_dims:
+    for d in (head_dims if "attention" in parts else []):
         for t in lengths:
             b, h = (1, 2) if args.smoke else (max(1, 16384 // t), 16 if d == 64 else 8)
-            for name, fwd, bwd, both in bench_attention(b, h, t, d, dtype, impl, rounds):
-                print(f"  d={d:4d} T={t:6d} {name:15s} {fwd:8.1f} {bwd:8.1f} {both:8.1f}")
+            for name, *rates in bench_attention(b, h, t, d, dtype, impl, rounds):
+                cells = " ".join(f"{r:8.1f}" for r in rates) if len(rates) == 3 else rates[0]
+                print(f"  d={d:4d} T={t:6d} {name:15s} {cells}", flush=True)
     print("\nfused RMSNorm + residual, GB/s")
-    for n, d in ([(64, 32)] if args.smoke else [(16384, 1024), (16384, 4096), (65536, 2048)]):
+    norm_shapes = [(64, 32)] if args.smoke else [(16384, 1024), (16384, 4096), (65536, 2048)]
+    for n, d in (norm_shapes if "norm" in parts else []):
         rates = bench_norm(n, d, dtype, impl, rounds)
         print(f"  {n}x{d}: " + "  ".join(f"{k} {v:.0f}" for k, v in rates.items())
               + f"  (pallas at {100 * rates['pallas'] / rates['copy']:.0f}% of copy)")
     print("\nchunked linear attention fwd+bwd speed-up over softmax attention")
-    for t in lengths:
+    for t in (lengths if "linear" in parts else []):
         print(f"  T={t:6d}: {bench_linear(1, 2 if args.smoke else 16, t, 16 if args.smoke else 64, dtype, impl, rounds):.2f}x")
 
 

@@ -49,7 +49,7 @@ def transformer(**overrides) -> ml_collections.ConfigDict:
         # Attention family (layers/attention*.py, layers/linear_attention.py); defaults keep softmax.
         attention_schedule="", attention_softcap=0.0, linear_form="chunked",
         linear_feature_map="elu1", linear_normalize=True, linear_output_norm=False, chunk_size=64,
-        softplus_reweight_p=1.0, diag_block=64, sla_kernel=5))
+        softplus_reweight_p=1.0, softplus_reweight_shift=True, diag_block=64, sla_kernel=5))
     model.update(overrides)
     return model
 

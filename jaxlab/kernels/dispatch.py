@@ -1,12 +1,32 @@
 """Choosing between the XLA reference and the Pallas kernel of an op."""
 from __future__ import annotations
 
+import contextlib
+
 import jax
 
 from jaxlab.errors import ConfigError
 
 IMPLS = ("auto", "xla", "pallas", "interpret")
 _PATHS: dict[str, str] = {}
+_TARGET: list[str] = []  # set by `target`: the backend kernels are lowered for
+
+
+def backend() -> str:
+    """The backend the kernels are built for: JAX's default, or the one `target` names."""
+    return _TARGET[-1] if _TARGET else jax.default_backend()
+
+
+@contextlib.contextmanager
+def target(name: str):
+    """Build kernels for backend `name` ("gpu" or "tpu") on any machine, so that a CPU can
+    check their lowering: `with target("gpu"): jax.jit(f).trace(x).lower(
+    lowering_platforms=("cuda",))` runs the whole Pallas-to-Triton lowering without a GPU."""
+    _TARGET.append(name)
+    try:
+        yield
+    finally:
+        _TARGET.pop()
 
 
 class Unsupported(Exception):
@@ -26,12 +46,12 @@ def resolve(op: str, impl: str, supported: str | None) -> str:
     reason it does not. Explicit "pallas" with a reason raises; "auto" falls back to XLA.
     """
     check_impl(impl)
-    backend = jax.default_backend()
+    here = backend()
     if impl == "auto":
-        path = "pallas" if backend in ("gpu", "tpu") and supported is None else "xla"
+        path = "pallas" if here in ("gpu", "tpu") and supported is None else "xla"
     elif impl == "pallas":
-        if backend not in ("gpu", "tpu"):
-            raise Unsupported(f"{op}: Pallas needs a GPU or TPU, this backend is {backend}; "
+        if here not in ("gpu", "tpu"):
+            raise Unsupported(f"{op}: Pallas needs a GPU or TPU, this backend is {here}; "
                               f"use impl='interpret' or 'xla'")
         if supported is not None:
             raise Unsupported(f"{op}: {supported}")
@@ -53,8 +73,7 @@ def compiler_params(num_warps: int = 4, num_stages: int = 2):
     On GPU they are passed explicitly: the default lowering differs between jax 0.11 (Mosaic
     GPU) and 0.12 (Triton), and these kernels are written for the Triton lowering.
     """
-    backend = jax.default_backend()
-    if backend == "gpu":
+    if backend() == "gpu":
         from jax.experimental.pallas import triton as pl_triton
         return pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
     return None

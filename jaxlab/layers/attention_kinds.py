@@ -15,21 +15,22 @@ from jaxlab.registry import ATTENTION
 
 @ATTENTION.register("softplus")
 class SoftplusAttention(SoftmaxAttention):
-    """LSSA/LSSAR (see jaxlab/ops/softplus_attention.py). model.softplus_reweight_p is the
-    re-weighting power (1 = none) and may be changed at inference without retraining; the
-    length scale counts from model.max_len, the training length."""
+    """LSSA/LSSAR (see jaxlab/ops/softplus_attention.py). model.softplus_reweight_p is LSSAR's
+    power (1 = no re-weighting, i.e. LSSA; the paper uses 15 beyond the training length) and
+    may be changed at inference without retraining; model.softplus_reweight_shift keeps only
+    the weights above uniform before the power, as the paper does."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         super().__init__(cfg, rngs=rngs)
         self.reweight_p = float(cfg.get("softplus_reweight_p", 1.0))
         if self.reweight_p <= 0:
             raise ConfigError(f"model.softplus_reweight_p={self.reweight_p} must be positive")
-        self.train_length = int(cfg.max_len)
+        self.reweight_shift = bool(cfg.get("softplus_reweight_shift", True))
 
     def attend(self, q, k, v, *, causal, key_mask_bs, position=None):
         del position
         return softplus_attention(q, k, v, causal=causal, key_mask_bs=key_mask_bs,
-                                  train_length=self.train_length, reweight_p=self.reweight_p)
+                                  reweight_p=self.reweight_p, reweight_shift=self.reweight_shift)
 
 
 @ATTENTION.register("idw")

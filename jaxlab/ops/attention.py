@@ -28,11 +28,11 @@ def softmax_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, *
                       fused: bool = True) -> jax.Array:
     """softmax(q kᵀ · scale + mask) v with grouped-query heads.
 
-    With `fused` (default), float32 inputs with no padding mask, no soft-cap and, when causal,
-    as many queries as keys go to jax.nn.dot_product_attention; its causal mask starts at the
-    first key and its fully masked rows differ from ours, hence those conditions. 16-bit inputs
-    keep the einsum path so their logits stay float32 (so cuDNN's 16-bit flash kernel is not
-    used yet). Everything else takes the einsum path below.
+    With `fused` (default), inputs with no padding mask, no soft-cap and, when causal, as many
+    queries as keys go to jax.nn.dot_product_attention (its causal mask starts at the first key
+    and its fully masked rows differ from ours, hence those conditions): float32 inputs on any
+    backend, 16-bit inputs only to cuDNN's flash kernel on a GPU, which keeps the logits in
+    float32 (XLA's own 16-bit path would round them). Everything else takes the einsum path.
 
     softcap > 0 bounds the logits smoothly to (−softcap, softcap) with softcap·tanh(logits/softcap)
     (Gemma 2's attention logit soft-capping).
@@ -46,9 +46,17 @@ def softmax_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, *
     if h % h_kv:
         raise ValueError(f"query heads {h} must be a multiple of key/value heads {h_kv}")
     scale = d ** -0.5 if scale is None else scale
-    if (fused and key_mask_bs is None and softcap == 0 and (t == s or not causal)
-            and q_bthd.dtype == k_bshd.dtype == v_bshd.dtype == jnp.float32):
-        return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, scale=scale, is_causal=causal)
+    if fused and key_mask_bs is None and softcap == 0 and (t == s or not causal):
+        dtypes = {q_bthd.dtype, k_bshd.dtype, v_bshd.dtype}
+        if dtypes == {jnp.dtype(jnp.float32)}:
+            return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, scale=scale,
+                                                is_causal=causal)
+        if len(dtypes) == 1 and jax.default_backend() == "gpu" and d % 8 == 0 and d <= 128:
+            try:
+                return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, scale=scale,
+                                                    is_causal=causal, implementation="cudnn")
+            except (ValueError, NotImplementedError, RuntimeError):
+                pass  # shapes or dtype cuDNN refuses: the einsum path below
     q_btkgd = q_bthd.reshape(b, t, h_kv, h // h_kv, d)
     logits_bkgts = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bshd,  # float64 stays float64
                               preferred_element_type=jnp.promote_types(q_bthd.dtype, jnp.float32)

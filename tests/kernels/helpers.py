@@ -1,7 +1,17 @@
 """Shared checks: the kernel path's values and VJP against the XLA reference's."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# The parity tests run the kernels interpreted on the CPU; on a GPU machine,
+# JAXLAB_TEST_KERNELS=pallas runs the same tests on the compiled kernels (with
+# JAX_DEFAULT_MATMUL_PRECISION=highest, so that the float32 references are not TF32).
+KERNEL_IMPL = os.environ.get("JAXLAB_TEST_KERNELS", "interpret")
+COMPILED = KERNEL_IMPL == "pallas"
+# The Triton kernels need power-of-two sizes of at least 16; the interpreter takes any.
+SMALL_DIMS = [16, 32] if COMPILED else [8, 16]
 
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
 

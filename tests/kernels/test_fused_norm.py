@@ -8,11 +8,11 @@ from jaxlab.errors import ConfigError
 from jaxlab.kernels import last_path
 from jaxlab.kernels.fused_norm import fused_norm
 from jaxlab.kernels.fused_norm.reference import fused_norm_reference
-from tests.kernels.helpers import assert_matches_reference
+from tests.kernels.helpers import COMPILED, KERNEL_IMPL, assert_matches_reference
 
 STRATEGIES = dict(
     rows=st.integers(1, 40),
-    d=st.sampled_from([8, 24, 64]),
+    d=st.sampled_from([16, 64, 128] if COMPILED else [8, 24, 64]),
     kind=st.sampled_from(["rms", "layer"]),
     residual=st.booleans(),
     bias=st.booleans(),
@@ -25,10 +25,10 @@ def check_matches_reference(rows, d, kind, residual, bias, dtype):
     r = jax.random.normal(keys[1], (rows, d)).astype(dtype) if residual else None
     w = 1 + 0.1 * jax.random.normal(keys[2], (d,))
     b = 0.1 * jax.random.normal(keys[3], (d,)) if bias else None
-    kernel = lambda x, w, b, r: fused_norm(x, w, b, r, kind=kind, impl="interpret")
+    kernel = lambda x, w, b, r: fused_norm(x, w, b, r, kind=kind, impl=KERNEL_IMPL)
     reference = lambda x, w, b, r: fused_norm_reference(x, w, b, r, kind=kind)
     assert_matches_reference(kernel, reference, (x, w, b, r), dtype)
-    assert last_path("fused_norm") == "interpret"
+    assert last_path("fused_norm") == KERNEL_IMPL
 
 
 @settings(max_examples=5, deadline=None, derandomize=True)
@@ -44,6 +44,7 @@ def test_matches_reference_wide(rows, d, kind, residual, bias, dtype):
     check_matches_reference(rows, d, kind, residual, bias, dtype)
 
 
+@pytest.mark.skipif(COMPILED, reason="checks the CPU paths")
 def test_leading_dims_and_paths():
     x = jax.random.normal(jax.random.key(0), (2, 3, 5, 16))
     w = jnp.ones(16)

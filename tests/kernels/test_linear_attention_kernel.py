@@ -6,12 +6,12 @@ from hypothesis import given, settings, strategies as st
 
 from jaxlab.kernels.linear_attention import chunked_linear_attention
 from jaxlab.ops.linear_attention import linear_attention_recurrent
-from tests.kernels.helpers import assert_matches_reference, close
+from tests.kernels.helpers import KERNEL_IMPL, SMALL_DIMS, assert_matches_reference, close
 
 STRATEGIES = dict(
     t=st.integers(1, 50),
-    chunk=st.sampled_from([8, 16]),
-    dims=st.sampled_from([(8, 8), (16, 8)]),
+    chunk=st.sampled_from(SMALL_DIMS),
+    dims=st.sampled_from([(SMALL_DIMS[0],) * 2, (SMALL_DIMS[1], SMALL_DIMS[0])]),
     feature_map=st.sampled_from(["elu1", "relu", "identity"]),
     normalize=st.booleans(),
     output_norm=st.booleans(),
@@ -30,7 +30,7 @@ def check_matches_reference(t, chunk, dims, feature_map, normalize, output_norm,
     call = lambda impl: (lambda q, k, v, g: chunked_linear_attention(
         q, k, v, g, feature_map=feature_map, normalize=normalize, scale=0.2,
         output_norm=output_norm, chunk_size=chunk, impl=impl))
-    assert_matches_reference(call("interpret"), call("xla"), (q, k, v, gain), dtype)
+    assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v, gain), dtype)
 
 
 @settings(max_examples=3, deadline=None, derandomize=True)
@@ -48,7 +48,7 @@ def test_matches_reference_wide(t, chunk, dims, feature_map, normalize, output_n
 
 def test_equals_the_recurrent_form():
     keys = jax.random.split(jax.random.key(5), 3)
-    q, k, v = (jax.random.normal(kk, (1, 21, 2, 8)) for kk in keys)
+    q, k, v = (jax.random.normal(kk, (1, 21, 2, 16)) for kk in keys)
     phi = lambda x: jax.nn.elu(x) + 1
     want, _ = linear_attention_recurrent(phi(q), phi(k), v)
-    close(chunked_linear_attention(q, k, v, chunk_size=8, impl="interpret"), want, 1e-5)
+    close(chunked_linear_attention(q, k, v, chunk_size=16, impl=KERNEL_IMPL), want, 1e-5)

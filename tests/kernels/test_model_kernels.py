@@ -8,6 +8,7 @@ from jaxlab import config as config_lib
 from jaxlab.errors import ConfigError
 from jaxlab.kernels import last_path
 from jaxlab.train.loop import Run
+from tests.kernels.helpers import KERNEL_IMPL
 from tests.train.helpers import run_steps
 
 
@@ -23,10 +24,10 @@ def three_steps(**overrides):
 ], ids=["softmax+rmsnorm", "linear+layernorm"])
 def test_interpreted_kernels_train_like_xla(model):
     state_xla, losses_xla = three_steps(**model, **{"model.kernels": "xla"})
-    state_kernel, losses_kernel = three_steps(**model, **{"model.kernels": "interpret"})
-    assert last_path("fused_norm") == "interpret"
+    state_kernel, losses_kernel = three_steps(**model, **{"model.kernels": KERNEL_IMPL})
+    assert last_path("fused_norm") == KERNEL_IMPL
     assert last_path("chunked_linear_attention" if "model.attention" in model
-                     else "fused_norm_attention") == "interpret"
+                     else "fused_norm_attention") == KERNEL_IMPL
     np.testing.assert_allclose(losses_kernel, losses_xla, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  state_kernel["params"], state_xla["params"])

@@ -6,21 +6,24 @@ from hypothesis import given, settings, strategies as st
 
 from jaxlab.kernels.norm_attention import fused_norm_attention
 from jaxlab.ops.attention import softmax_attention
-from tests.kernels.helpers import assert_matches_reference, close
+from jaxlab.errors import ConfigError
+from tests.kernels.helpers import KERNEL_IMPL, SMALL_DIMS, assert_matches_reference, close
 
 STRATEGIES = dict(
     t=st.integers(1, 40),
     extra_keys=st.sampled_from([0, 7]),
     heads=st.sampled_from([(2, 2), (4, 2), (2, 1)]),
-    d=st.sampled_from([8, 16]),
+    d=st.sampled_from(SMALL_DIMS),
     qk_norm=st.sampled_from([None, "rms", "layer"]),
     normalizer=st.sampled_from(["softmax", "softplus"]),
     causal=st.booleans(),
     masked=st.booleans(),
+    segmented=st.booleans(),
     dtype=st.sampled_from([jnp.float32, jnp.bfloat16]))
 
 
-def check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, dtype):
+def check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
+                            dtype):
     h, h_kv = heads
     s = t + extra_keys
     keys = jax.random.split(jax.random.key(t * 31 + s), 6)
@@ -30,42 +33,51 @@ def check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal
     q_scale = 1 + 0.1 * jax.random.normal(keys[3], (d,))
     k_scale = 1 + 0.1 * jax.random.normal(keys[4], (d,))
     mask = jax.random.bernoulli(keys[5], 0.7, (2, s)) if masked else None
+    segments = None
+    if segmented:  # packed sequences: ids rise along time, queries and keys end-aligned
+        q_ids = jnp.cumsum(jax.random.bernoulli(keys[5], 0.15, (2, s)), axis=1)
+        segments = (q_ids[:, s - t:], q_ids)
     call = lambda impl: (lambda q, k, v, a, b: fused_norm_attention(
         q, k, v, a, b, mask, qk_norm=qk_norm, normalizer=normalizer, causal=causal, impl=impl,
-        block_q=16, block_k=16))
-    assert_matches_reference(call("interpret"), call("xla"), (q, k, v, q_scale, k_scale), dtype)
+        block_q=16, block_k=16, segment_ids=segments))
+    assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v, q_scale, k_scale), dtype)
 
 
 @settings(max_examples=3, deadline=None, derandomize=True)
 @given(**STRATEGIES)
-def test_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, dtype):
-    check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, dtype)
+def test_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
+                           dtype):
+    check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
+                            dtype)
 
 
 @pytest.mark.slow
 @settings(max_examples=15, deadline=None, derandomize=True)
 @given(**STRATEGIES)
-def test_matches_reference_wide(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, dtype):
-    check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, dtype)
+def test_matches_reference_wide(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked,
+                                segmented, dtype):
+    check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
+                            dtype)
 
 
 def test_reference_equals_plain_softmax_attention_without_norms():
     keys = jax.random.split(jax.random.key(3), 3)
-    q, k, v = (jax.random.normal(kk, (2, 9, 4, 8)) for kk in keys)
+    q, k, v = (jax.random.normal(kk, (2, 9, 4, 16)) for kk in keys)
     mask = jnp.arange(9)[None, :] < jnp.array([[9], [5]])
     want = softmax_attention(q, k, v, causal=True, key_mask_bs=mask)
     close(fused_norm_attention(q, k, v, key_mask_bs=mask, causal=True, impl="xla"), want, 1e-5)
-    close(fused_norm_attention(q, k, v, key_mask_bs=mask, causal=True, impl="interpret"), want, 1e-5)
+    got = fused_norm_attention(q, k, v, key_mask_bs=mask, causal=True, impl=KERNEL_IMPL)
+    close(got, want, 1e-5)
 
 
 @pytest.mark.parametrize("normalizer", ["softmax", "softplus"])
 def test_rows_with_no_visible_key_are_zero_with_finite_grads(normalizer):
-    q = jax.random.normal(jax.random.key(0), (1, 4, 2, 8))
+    q = jax.random.normal(jax.random.key(0), (1, 4, 2, 16))
     mask = jnp.zeros((1, 4), bool).at[0, 2].set(True)
     f = lambda q: fused_norm_attention(q, q, q, key_mask_bs=mask, causal=True, qk_norm="rms",
-                                       normalizer=normalizer, impl="interpret").sum()
+                                       normalizer=normalizer, impl=KERNEL_IMPL).sum()
     out = fused_norm_attention(q, q, q, key_mask_bs=mask, causal=True, normalizer=normalizer,
-                               impl="interpret")
+                               impl=KERNEL_IMPL)
     assert float(jnp.abs(out[0, :2]).max()) == 0.0  # queries 0, 1 see no unmasked key
     assert bool(jnp.isfinite(jax.grad(f)(q)).all())
 
@@ -73,11 +85,45 @@ def test_rows_with_no_visible_key_are_zero_with_finite_grads(normalizer):
 def test_large_logits_do_not_overflow_in_bf16():
     q = (100 * jax.random.normal(jax.random.key(1), (1, 32, 2, 16))).astype(jnp.bfloat16)
     for normalizer in ("softmax", "softplus"):
-        out = fused_norm_attention(q, q, q, normalizer=normalizer, causal=True, impl="interpret")
+        out = fused_norm_attention(q, q, q, normalizer=normalizer, causal=True, impl=KERNEL_IMPL)
         assert bool(jnp.isfinite(out.astype(jnp.float32)).all())
 
 
 @pytest.mark.parametrize("normalizer,qk_norm", [("softmax", "rms"), ("softplus", "layer")])
 def test_ragged_grouped_causal_masked(normalizer, qk_norm):
     check_matches_reference(t=37, extra_keys=7, heads=(4, 2), d=16, qk_norm=qk_norm,
-                            normalizer=normalizer, causal=True, masked=True, dtype=jnp.float32)
+                            normalizer=normalizer, causal=True, masked=True, segmented=True,
+                            dtype=jnp.float32)
+
+
+def test_segments_do_not_see_each_other():
+    keys = jax.random.split(jax.random.key(4), 3)
+    q, k, v = (jax.random.normal(kk, (1, 24, 2, 16)) for kk in keys)
+    ids = (jnp.arange(24) >= 10).astype(jnp.int32)[None]  # two packed sequences: 10 + 14
+    call = lambda k, v: fused_norm_attention(q, k, v, qk_norm="rms", segment_ids=ids,
+                                             impl=KERNEL_IMPL)
+    out = call(k, v)
+    out_changed = call(k.at[:, 10:].add(1.0), v.at[:, 10:].add(1.0))
+    close(out_changed[:, :10], out[:, :10], 1e-6)  # the first sequence never sees the second
+    assert float(jnp.abs(out_changed[:, 10:] - out[:, 10:]).max()) > 1e-3
+    with pytest.raises(ConfigError, match=r"segment_ids shapes \(1, 23\)"):
+        fused_norm_attention(q, k, v, segment_ids=(ids[:, :23], ids), impl="xla")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_length_scaled_softplus_is_lssa(causal):
+    """With rms qk-norm, sm_scale = 1/d and the length scale, the kernel computes LSSA (the
+    op in jaxlab.ops.softplus_attention, without re-weighting) up to the norms' eps."""
+    from jaxlab.ops.softplus_attention import softplus_attention
+    keys = jax.random.split(jax.random.key(6), 3)
+    q, k, v = (jax.random.normal(kk, (2, 21, 2, 16)) for kk in keys)
+    mask = jnp.arange(21)[None, :] < jnp.array([[21], [15]])
+    got = fused_norm_attention(q, k, v, key_mask_bs=mask, qk_norm="rms", normalizer="softplus",
+                               sm_scale=1 / 16, causal=causal, length_scale=True,
+                               impl=KERNEL_IMPL)
+    want = softplus_attention(q, k, v, causal=causal, key_mask_bs=mask)
+    close(got, want, 1e-4)
+    call = lambda impl: (lambda q, k, v: fused_norm_attention(
+        q, k, v, key_mask_bs=mask, qk_norm="rms", normalizer="softplus", sm_scale=1 / 16,
+        causal=causal, length_scale=True, impl=impl, block_q=16, block_k=16))
+    assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v), jnp.float32)

@@ -25,7 +25,7 @@ def block_rows_for(n: int, d: int) -> int:
 
 
 def unsupported(d: int) -> str | None:
-    backend = jax.default_backend()
+    backend = dispatch.backend()
     if backend == "gpu" and d & (d - 1):
         return f"the Triton kernel needs a power-of-two feature size, got {d}"
     if backend == "tpu" and d % 128:

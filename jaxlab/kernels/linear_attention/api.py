@@ -16,7 +16,7 @@ OP = "chunked_linear_attention"
 
 
 def unsupported(key_dim: int, value_dim: int, chunk: int) -> str | None:
-    backend = jax.default_backend()
+    backend = dispatch.backend()
     dims = (key_dim, value_dim, chunk)
     if backend == "gpu" and any(x & (x - 1) or x < 16 for x in dims):
         return f"the Triton kernel needs power-of-two sizes ≥ 16, got dk, dv, chunk = {dims}"

@@ -5,6 +5,8 @@ Forward: per chunk, out = ((QKᵀ ⊙ M) V + Q S) / ((QKᵀ ⊙ M) 1 + Q z) (or 
 optional RMSNorm epilogue. Backward: a forward-time pass recomputes the outputs, turns d out into
 G = ∂L/∂num and H = ∂L/∂den and gives dQ; a reverse-time pass with dS = Σ qᵀg, dz = Σ q h gives
 dK and dV. Zero padding at the end of time is harmless: causality hides it from real queries.
+Tile products take the input dtype as operands and accumulate in float32 (jaxlab.kernels.tiles);
+the products with one row or column are written as sums, since the GPU's dot needs ≥ 16.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jaxlab.kernels.dispatch import compiler_params
+from jaxlab.kernels.tiles import mm, mm_t, mm_tn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +53,11 @@ def _causal(c):
             >= jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)).astype(jnp.float32)
 
 
-def _dot_t(a, b):
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _dot_tn(a, b):
-    """aᵀ @ b."""
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _chunk_outputs(s: Setup, q, k, v, state, zsum):
+def _chunk_outputs(s: Setup, q, k, v, state, zsum, dtype):
     """(num, den) of one chunk given the state of all earlier chunks."""
-    a = _dot_t(q, k) * _causal(s.chunk)
-    num = jnp.dot(a, v) + jnp.dot(q, state)
-    den = jnp.sum(a, axis=1) + jnp.dot(q, zsum[:, None])[:, 0]
+    a = mm_t(q, k, dtype) * _causal(s.chunk)
+    num = mm(a, v, dtype) + mm(q, state, dtype)
+    den = jnp.sum(a, axis=1) + jnp.sum(q * zsum[None, :], axis=1)
     return num, den
 
 
@@ -88,11 +82,11 @@ def _forward_kernel(q_ref, k_ref, v_ref, gain_ref, o_ref, *, s: Setup, num_chunk
         state, zsum = carry
         q, k = _phi(_load(q_ref, j, s), s.feature_map), _phi(_load(k_ref, j, s), s.feature_map)
         v = _load(v_ref, j, s)
-        o = _finish(s, *_chunk_outputs(s, q, k, v, state, zsum))
+        o = _finish(s, *_chunk_outputs(s, q, k, v, state, zsum, q_ref.dtype))
         if s.output_norm:
             o, _ = _epilogue(s, o, gain)
         o_ref[pl.ds(j * s.chunk, s.chunk), :] = o.astype(o_ref.dtype)
-        return state + _dot_tn(k, v), zsum + jnp.sum(k, axis=0)
+        return state + mm_tn(k, v, q_ref.dtype), zsum + jnp.sum(k, axis=0)
 
     jax.lax.fori_loop(0, num_chunks, body,
                       (jnp.zeros((dk, dv), jnp.float32), jnp.zeros((dk,), jnp.float32)))
@@ -101,6 +95,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, gain_ref, o_ref, *, s: Setup, num_chunk
 def _dq_kernel(q_ref, k_ref, v_ref, gain_ref, do_ref, dq_ref, g_ref, h_ref, dgain_ref, *,
                s: Setup, num_chunks: int):
     dk, dv = q_ref.shape[1], v_ref.shape[1]
+    dtype = q_ref.dtype
     gain = gain_ref[...].astype(jnp.float32)
     mask = _causal(s.chunk)
 
@@ -110,7 +105,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, gain_ref, do_ref, dq_ref, g_ref, h_ref, dgai
         q_raw = _load(q_ref, j, s)
         q, k = _phi(q_raw, s.feature_map), _phi(_load(k_ref, j, s), s.feature_map)
         v, d_out = _load(v_ref, j, s), _load(do_ref, j, s)
-        num, den = _chunk_outputs(s, q, k, v, state, zsum)
+        num, den = _chunk_outputs(s, q, k, v, state, zsum, dtype)
         o = _finish(s, num, den)
         if s.output_norm:
             _, rstd = _epilogue(s, o, gain)
@@ -124,12 +119,12 @@ def _dq_kernel(q_ref, k_ref, v_ref, gain_ref, do_ref, dq_ref, g_ref, h_ref, dgai
             h = -jnp.sum(d_out * num, axis=1) * inv * inv
         else:
             g, h = d_out * s.scale, jnp.zeros((s.chunk,), jnp.float32)
-        p = (_dot_t(g, v) + h[:, None]) * mask
-        dq = jnp.dot(p, k) + _dot_t(g, state) + h[:, None] * zsum[None, :]
+        p = (mm_t(g, v, dtype) + h[:, None]) * mask
+        dq = mm(p, k, dtype) + mm_t(g, state, dtype) + h[:, None] * zsum[None, :]
         dq_ref[rows, :] = (dq * _dphi(q_raw, s.feature_map)).astype(dq_ref.dtype)
         g_ref[rows, :] = g
         h_ref[rows] = h
-        return state + _dot_tn(k, v), zsum + jnp.sum(k, axis=0), dgain
+        return state + mm_tn(k, v, dtype), zsum + jnp.sum(k, axis=0), dgain
 
     _, _, dgain = jax.lax.fori_loop(
         0, num_chunks, body, (jnp.zeros((dk, dv), jnp.float32), jnp.zeros((dk,), jnp.float32),
@@ -139,6 +134,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, gain_ref, do_ref, dq_ref, g_ref, h_ref, dgai
 
 def _dkdv_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, dk_ref, dv_ref, *, s: Setup, num_chunks: int):
     dk_dim, dv_dim = q_ref.shape[1], v_ref.shape[1]
+    dtype = q_ref.dtype
     mask_t = _causal(s.chunk).T
 
     def body(step, carry):
@@ -149,12 +145,12 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, dk_ref, dv_ref, *, s: Setup,
         k_raw = _load(k_ref, j, s)
         k, v = _phi(k_raw, s.feature_map), _load(v_ref, j, s)
         g, h = g_ref[rows, :], h_ref[rows]
-        p_t = (_dot_t(v, g) + h[None, :]) * mask_t          # [j, t]: g_t·v_j + h_t, t ≥ j
-        dk = jnp.dot(p_t, q) + _dot_t(v, dstate) + dz[None, :]
-        dv = jnp.dot(_dot_t(k, q) * mask_t, g) + jnp.dot(k, dstate)
+        p_t = (mm_t(v, g, dtype) + h[None, :]) * mask_t     # [j, t]: g_t·v_j + h_t, t ≥ j
+        dk = mm(p_t, q, dtype) + mm_t(v, dstate, dtype) + dz[None, :]
+        dv = mm(mm_t(k, q, dtype) * mask_t, g, dtype) + mm(k, dstate, dtype)
         dk_ref[rows, :] = (dk * _dphi(k_raw, s.feature_map)).astype(dk_ref.dtype)
         dv_ref[rows, :] = dv.astype(dv_ref.dtype)
-        return dstate + _dot_tn(q, g), dz + jnp.dot(h[None, :], q)[0]
+        return dstate + mm_tn(q, g, dtype), dz + jnp.sum(h[:, None] * q, axis=0)
 
     jax.lax.fori_loop(0, num_chunks, body, (jnp.zeros((dk_dim, dv_dim), jnp.float32),
                                             jnp.zeros((dk_dim,), jnp.float32)))

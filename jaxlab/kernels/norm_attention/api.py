@@ -24,7 +24,7 @@ def block_for(length: int, largest: int = 64) -> int:
 
 
 def unsupported(head_dim: int) -> str | None:
-    backend = jax.default_backend()
+    backend = dispatch.backend()
     if backend == "gpu" and (head_dim & (head_dim - 1) or head_dim < 16):
         return f"the Triton kernel needs a power-of-two head dim ≥ 16, got {head_dim}"
     if backend == "tpu":
@@ -36,13 +36,22 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
                          qk_norm: str | None = None, normalizer: str = "softmax",
                          causal: bool = False, sm_scale: float | None = None, eps: float = 1e-6,
                          impl: str = "auto", block_q: int | None = None,
-                         block_k: int | None = None):
+                         block_k: int | None = None, segment_ids=None,
+                         num_warps: int | None = None, num_stages: int = 2,
+                         length_scale: bool = False):
     """Attention whose q and k are RMS/Layer-normalized over head_dim inside the kernel.
 
     q [b, t, h, d]; k, v [b, s, h_kv, d] (GQA when h_kv < h); q_scale, k_scale [d] (the norms'
-    gains, default 1); key_mask_bs [b, s], True where a key may be seen; `normalizer` softmax
+    gains, default 1); key_mask_bs [b, s], True where a key may be seen; segment_ids None, one
+    int array [b, t] (self-attention, t == s) or a pair (query ids [b, t], key ids [b, s]):
+    a query sees only keys of its own segment (packed sequences); `normalizer` softmax
     or softplus (ℓ1-normalized Softplus scores; pass any length-dependent factor in sm_scale,
-    default d^-1/2). Rows that see no key return 0. impl: see jaxlab.kernels.
+    default d^-1/2). length_scale also multiplies row i's logits by log(d)·log(n_i), n_i the
+    keys it sees (LSSA's scale: with qk_norm="rms", sm_scale=1/d and normalizer="softplus" this
+    is LSSA without re-weighting; not with segment_ids). Rows that see no key return 0. impl:
+    see jaxlab.kernels. block_q, block_k,
+    num_warps, num_stages tune the GPU kernel (defaults: blocks of up to 64, 4 warps up to head
+    dim 64 and 8 above, 2 stages).
     """
     if normalizer not in NORMALIZERS:
         raise ConfigError(f"normalizer {normalizer!r} is unknown; valid: {', '.join(NORMALIZERS)}")
@@ -56,19 +65,64 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
         path = dispatch.resolve(OP, impl, unsupported(d))
     except dispatch.Unsupported as error:
         raise ConfigError(str(error)) from None
+    segments = _segment_pair(segment_ids, b, t, s_len)
+    if length_scale and segments is not None:
+        raise ConfigError("length_scale with segment_ids is not supported: the kernel counts "
+                          "visible keys from the key mask and causality only")
     if path == "xla":
         return fused_norm_attention_reference(
             q, k, v, q_scale, k_scale, key_mask_bs, qk_norm=qk_norm, normalizer=normalizer,
-            causal=causal, sm_scale=sm_scale, eps=eps)
+            causal=causal, sm_scale=sm_scale, eps=eps, segment_ids=segments,
+            length_scale=length_scale)
     g = pallas.Geometry(block_q=block_q or block_for(t), block_k=block_k or block_for(s_len),
                         q_len=t, k_len=s_len, group=h // h_kv, causal=causal,
                         normalizer=normalizer, qk_norm=qk_norm,
-                        sm_scale=float(d ** -0.5 if sm_scale is None else sm_scale), eps=eps)
+                        sm_scale=float(d ** -0.5 if sm_scale is None else sm_scale), eps=eps,
+                        segmented=segments is not None, length_scaled=length_scale,
+                        num_warps=num_warps, num_stages=num_stages)
     ones = jnp.ones((d,), jnp.float32)
-    keys = jnp.ones((b, s_len), jnp.float32) if key_mask_bs is None else key_mask_bs.astype(jnp.float32)
-    kmask = jnp.pad(keys, ((0, 0), (0, _padded(s_len, g.block_k) - s_len)))
+    keys = jnp.ones((b, s_len)) if key_mask_bs is None else key_mask_bs
+    q_ids, k_ids = segments or (jnp.zeros((b, t)), jnp.zeros((b, s_len)))
+    row_scale = _length_scales(keys, d, t, causal) if length_scale else jnp.ones((b, t))
+    # Masks and ids travel as float32 rows (ids below 2**24 are exact) so that the custom VJP
+    # can hand back ordinary zero cotangents for them.
+    rows = lambda x, block: jnp.pad(x.astype(jnp.float32),
+                                    ((0, 0), (0, _padded(x.shape[1], block) - x.shape[1])))
     return _attention(q, k, v, ones if q_scale is None else q_scale,
-                      ones if k_scale is None else k_scale, kmask, g, path == "interpret")
+                      ones if k_scale is None else k_scale,
+                      (rows(keys, g.block_k), rows(q_ids, g.block_q), rows(k_ids, g.block_k),
+                       rows(row_scale, g.block_q)),
+                      g, path == "interpret")
+
+
+def _length_scales(keys_bs, head_dim: int, t: int, causal: bool):
+    """log(d)·log(n_i) per query [b, t], n_i the unmasked keys query i sees (causality
+    end-aligned: query i sees keys up to i + s − t)."""
+    keys_bs = keys_bs.astype(jnp.float32)
+    s_len = keys_bs.shape[1]
+    if causal:
+        last_key = jnp.arange(t) + (s_len - t)
+        seen = jnp.cumsum(keys_bs, axis=1)[:, jnp.clip(last_key, 0, s_len - 1)]
+        n_visible = jnp.where(last_key >= 0, seen, 0.0)
+    else:
+        n_visible = jnp.broadcast_to(keys_bs.sum(1, keepdims=True), (keys_bs.shape[0], t))
+    return jnp.log(float(head_dim)) * jnp.log(jnp.maximum(n_visible, 1.0))
+
+
+def _segment_pair(segment_ids, b: int, t: int, s_len: int):
+    """(query ids [b, t], key ids [b, s]) or None, with the shapes checked."""
+    if segment_ids is None:
+        return None
+    if not isinstance(segment_ids, (tuple, list)):
+        if t != s_len:
+            raise ConfigError(f"one segment_ids array needs as many queries as keys, got "
+                              f"{t} and {s_len}; pass (query ids, key ids)")
+        segment_ids = (segment_ids, segment_ids)
+    q_ids, k_ids = segment_ids
+    if q_ids.shape != (b, t) or k_ids.shape != (b, s_len):
+        raise ConfigError(f"segment_ids shapes {q_ids.shape} and {k_ids.shape} must be "
+                          f"{(b, t)} and {(b, s_len)}")
+    return q_ids, k_ids
 
 
 def _padded(n: int, block: int) -> int:
@@ -86,25 +140,27 @@ def _from_kernel_layout(x, length):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _attention(q, k, v, q_scale, k_scale, kmask, g, interpret):
-    return _attention_fwd(q, k, v, q_scale, k_scale, kmask, g, interpret)[0]
+def _attention(q, k, v, q_scale, k_scale, masks, g, interpret):
+    return _attention_fwd(q, k, v, q_scale, k_scale, masks, g, interpret)[0]
 
 
-def _attention_fwd(q, k, v, q_scale, k_scale, kmask, g, interpret):
+def _attention_fwd(q, k, v, q_scale, k_scale, masks, g, interpret):
+    """masks: (key validity, query segment ids, key segment ids, per-query logit factor),
+    padded float32 rows."""
     qk, kk, vk = (_to_kernel_layout(q, g.block_q), _to_kernel_layout(k, g.block_k),
                   _to_kernel_layout(v, g.block_k))
-    out, stat = pallas.forward(qk, kk, vk, kmask, q_scale, k_scale, g=g, interpret=interpret)
-    return _from_kernel_layout(out, g.q_len), (qk, kk, vk, kmask, q_scale, k_scale, out, stat)
+    out, stat = pallas.forward(qk, kk, vk, *masks, q_scale, k_scale, g=g, interpret=interpret)
+    return _from_kernel_layout(out, g.q_len), (qk, kk, vk, masks, q_scale, k_scale, out, stat)
 
 
 def _attention_bwd(g, interpret, saved, dout):
-    qk, kk, vk, kmask, q_scale, k_scale, out, stat = saved
-    dq, dk, dv, dqs, dks = pallas.backward(qk, kk, vk, kmask, q_scale, k_scale, out, stat,
+    qk, kk, vk, masks, q_scale, k_scale, out, stat = saved
+    dq, dk, dv, dqs, dks = pallas.backward(qk, kk, vk, *masks, q_scale, k_scale, out, stat,
                                            _to_kernel_layout(dout, g.block_q), g=g,
                                            interpret=interpret)
     return (_from_kernel_layout(dq, g.q_len), _from_kernel_layout(dk, g.k_len),
             _from_kernel_layout(dv, g.k_len), dqs.astype(q_scale.dtype),
-            dks.astype(k_scale.dtype), jnp.zeros_like(kmask))
+            dks.astype(k_scale.dtype), jax.tree.map(jnp.zeros_like, masks))
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -5,7 +5,9 @@ Layout inside: [batch, heads, time, head_dim], time padded to the blocks. One pr
 key block) walks the query blocks (dK/dV), so no program writes where another does. The q and
 k norms are recomputed per tile: the only residual is one float32 statistic per query row
 (log-sum-exp for softmax, the ℓ1 sum for softplus). Key validity (padding, ragged tail) comes
-in as a 0/1 vector per key; causality is end-aligned (query i sees keys ≤ i + s_len − t_len).
+in as a 0/1 vector per key and packed sequences as segment ids per query and key; causality is
+end-aligned (query i sees keys ≤ i + s_len − t_len). Tile products take the input dtype as
+operands and accumulate in float32 (jaxlab.kernels.tiles).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jaxlab.kernels.dispatch import compiler_params
+from jaxlab.kernels.tiles import mm, mm_t, mm_tn
 
 NEG = -1e30  # a finite "minus infinity": keeps max/exp free of inf − inf
 
@@ -34,6 +37,10 @@ class Geometry:
     qk_norm: str | None
     sm_scale: float
     eps: float
+    segmented: bool = False
+    length_scaled: bool = False    # logits × a per-query factor (LSSA's log d · log n) as well
+    num_warps: int | None = None   # Triton launch settings; None: 4 up to head dim 64, else 8
+    num_stages: int = 2
 
 
 def _norm_rows(x, scale, kind, eps):
@@ -58,12 +65,16 @@ def _norm_rows_vjp(dout, xhat, rstd, scale, kind):
     return rstd * inner, jnp.sum(dout * xhat, axis=0)
 
 
-def _visible(g: Geometry, q_block, k_block, kmask):
+def _visible(g: Geometry, q_block, k_block, kmask, q_seg, k_seg):
+    """[block_q, block_k] booleans: which keys of the tile each query may see. q_seg and k_seg
+    load the tile's segment ids; they are called only when ids were given."""
     q_pos = q_block * g.block_q + jax.lax.broadcasted_iota(jnp.int32, (g.block_q, g.block_k), 0)
     k_pos = k_block * g.block_k + jax.lax.broadcasted_iota(jnp.int32, (g.block_q, g.block_k), 1)
     visible = jnp.broadcast_to(kmask[None, :] > 0, (g.block_q, g.block_k))
     if g.causal:
         visible = visible & (q_pos + (g.k_len - g.q_len) >= k_pos)
+    if g.segmented:
+        visible = visible & (q_seg()[:, None] == k_seg()[None, :])
     return visible
 
 
@@ -83,14 +94,16 @@ def _q_block_start(g: Geometry, k_block):
     return jnp.maximum(first_query, 0) // g.block_q
 
 
-def _dot_t(a, b):
-    """a @ bᵀ in float32."""
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+def _logit_scale(g: Geometry, row_scale):
+    """What multiplies q·k: sm_scale, times each query's factor when length-scaled."""
+    return row_scale()[:, None] * g.sm_scale if g.length_scaled else g.sm_scale
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, kmask_ref, qs_ref, ks_ref, o_ref, stat_ref, *,
-                    g: Geometry, num_k_blocks: int):
+def _forward_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref, qs_ref,
+                    ks_ref, o_ref, stat_ref, *, g: Geometry, num_k_blocks: int):
     q_block = pl.program_id(2)
+    dtype = q_ref.dtype
+    scale = _logit_scale(g, lambda: rscale_ref[...])
     q, _, _ = _norm_rows(q_ref[...].astype(jnp.float32), qs_ref[...].astype(jnp.float32),
                          g.qk_norm, g.eps)
     ks = ks_ref[...].astype(jnp.float32)
@@ -100,17 +113,18 @@ def _forward_kernel(q_ref, k_ref, v_ref, kmask_ref, qs_ref, ks_ref, o_ref, stat_
         m, l, acc = carry
         rows = pl.ds(j * g.block_k, g.block_k)
         k, _, _ = _norm_rows(k_ref[rows, :].astype(jnp.float32), ks, g.qk_norm, g.eps)
-        v = v_ref[rows, :].astype(jnp.float32)
-        visible = _visible(g, q_block, j, kmask_ref[rows])
-        s = _dot_t(q, k) * g.sm_scale
+        visible = _visible(g, q_block, j, kmask_ref[rows], lambda: qseg_ref[...],
+                           lambda: kseg_ref[rows])
+        s = mm_t(q, k, dtype) * scale
         if g.normalizer == "softmax":
             s = jnp.where(visible, s, NEG)
             m_new = jnp.maximum(m, jnp.max(s, axis=1))
             w = jnp.where(visible, jnp.exp(s - m_new[:, None]), 0.0)
             alpha = jnp.exp(m - m_new)
-            return m_new, alpha * l + jnp.sum(w, axis=1), alpha[:, None] * acc + jnp.dot(w, v)
+            return (m_new, alpha * l + jnp.sum(w, axis=1),
+                    alpha[:, None] * acc + mm(w, v_ref[rows, :], dtype))
         w = jnp.where(visible, jax.nn.softplus(s), 0.0)
-        return m, l + jnp.sum(w, axis=1), acc + jnp.dot(w, v)
+        return m, l + jnp.sum(w, axis=1), acc + mm(w, v_ref[rows, :], dtype)
 
     init = (jnp.full((g.block_q,), NEG, jnp.float32), jnp.zeros((g.block_q,), jnp.float32),
             jnp.zeros((g.block_q, d), jnp.float32))
@@ -134,23 +148,25 @@ def _score_grads(g: Geometry, s, visible, stat, dp, delta):
     return p, jnp.where(visible, jax.nn.sigmoid(s), 0.0) * inv_l * (dp - delta[:, None])
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, kmask_ref, qs_ref, ks_ref, do_ref, stat_ref, delta_ref,
-               dq_ref, dqs_ref, *, g: Geometry, num_k_blocks: int):
+def _dq_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref, qs_ref, ks_ref,
+               do_ref, stat_ref, delta_ref, dq_ref, dqs_ref, *, g: Geometry, num_k_blocks: int):
     q_block = pl.program_id(2)
+    dtype = q_ref.dtype
+    scale = _logit_scale(g, lambda: rscale_ref[...])
     qs = qs_ref[...].astype(jnp.float32)
     q, qhat, q_rstd = _norm_rows(q_ref[...].astype(jnp.float32), qs, g.qk_norm, g.eps)
     ks = ks_ref[...].astype(jnp.float32)
-    do = do_ref[...].astype(jnp.float32)
+    do = do_ref[...]
     stat, delta = stat_ref[...], delta_ref[...]
 
     def body(j, dq):
         rows = pl.ds(j * g.block_k, g.block_k)
         k, _, _ = _norm_rows(k_ref[rows, :].astype(jnp.float32), ks, g.qk_norm, g.eps)
-        v = v_ref[rows, :].astype(jnp.float32)
-        visible = _visible(g, q_block, j, kmask_ref[rows])
-        s = _dot_t(q, k) * g.sm_scale
-        _, ds = _score_grads(g, s, visible, stat, _dot_t(do, v), delta)
-        return dq + jnp.dot(ds, k) * g.sm_scale
+        visible = _visible(g, q_block, j, kmask_ref[rows], lambda: qseg_ref[...],
+                           lambda: kseg_ref[rows])
+        s = mm_t(q, k, dtype) * scale
+        _, ds = _score_grads(g, s, visible, stat, mm_t(do, v_ref[rows, :], dtype), delta)
+        return dq + mm(ds * scale, k, dtype)
 
     dq = jax.lax.fori_loop(0, _k_blocks_for(g, q_block, num_k_blocks), body, jnp.zeros_like(q))
     dq, dqs = _norm_rows_vjp(dq, qhat, q_rstd, qs, g.qk_norm)
@@ -158,12 +174,14 @@ def _dq_kernel(q_ref, k_ref, v_ref, kmask_ref, qs_ref, ks_ref, do_ref, stat_ref,
     dqs_ref[...] = (jnp.zeros_like(qs) if dqs is None else dqs)[None, :]
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, kmask_ref, qs_ref, ks_ref, do_ref, stat_ref, delta_ref,
-                 dk_ref, dv_ref, dks_ref, *, g: Geometry, num_q_blocks: int):
+def _dkdv_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref, qs_ref, ks_ref,
+                 do_ref, stat_ref, delta_ref, dk_ref, dv_ref, dks_ref, *, g: Geometry,
+                 num_q_blocks: int):
     k_block = pl.program_id(2)
+    dtype = q_ref.dtype
     ks = ks_ref[...].astype(jnp.float32)
     k, khat, k_rstd = _norm_rows(k_ref[...].astype(jnp.float32), ks, g.qk_norm, g.eps)
-    v = v_ref[...].astype(jnp.float32)
+    v = v_ref[...]
     qs = qs_ref[...].astype(jnp.float32)
     kmask = kmask_ref[...]
 
@@ -171,14 +189,15 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, kmask_ref, qs_ref, ks_ref, do_ref, stat_re
         dk, dv = carry
         rows = pl.ds(i * g.block_q, g.block_q)
         q, _, _ = _norm_rows(q_ref[rows, :].astype(jnp.float32), qs, g.qk_norm, g.eps)
-        do = do_ref[rows, :].astype(jnp.float32)
-        visible = _visible(g, i, k_block, kmask)
-        s = _dot_t(q, k) * g.sm_scale
-        p, ds = _score_grads(g, s, visible, stat_ref[rows], _dot_t(do, v), delta_ref[rows])
-        return dk + jnp.dot(ds.T, q) * g.sm_scale, dv + jnp.dot(p.T, do)
+        do = do_ref[rows, :]
+        visible = _visible(g, i, k_block, kmask, lambda: qseg_ref[rows], lambda: kseg_ref[...])
+        scale = _logit_scale(g, lambda: rscale_ref[rows])
+        s = mm_t(q, k, dtype) * scale
+        p, ds = _score_grads(g, s, visible, stat_ref[rows], mm_t(do, v, dtype), delta_ref[rows])
+        return dk + mm_tn(ds * scale, q, dtype), dv + mm_tn(p, do, dtype)
 
     dk, dv = jax.lax.fori_loop(_q_block_start(g, k_block), num_q_blocks, body,
-                               (jnp.zeros_like(k), jnp.zeros_like(v)))
+                               (jnp.zeros_like(k), jnp.zeros(v.shape, jnp.float32)))
     dk, dks = _norm_rows_vjp(dk, khat, k_rstd, ks, g.qk_norm)
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
@@ -194,58 +213,70 @@ def _specs(g: Geometry, b_h_t_d, kv_len):
     kv_tile = pl.BlockSpec((None, None, g.block_k, d), lambda b, h, i: (b, h // g.group, i, 0))
     kmask_whole = pl.BlockSpec((None, kv_len), lambda b, h, i: (b, 0))
     kmask_tile = pl.BlockSpec((None, g.block_k), lambda b, h, i: (b, i))
+    qseg_whole = pl.BlockSpec((None, b_h_t_d[2]), lambda b, h, i: (b, 0))
+    qseg_tile = pl.BlockSpec((None, g.block_q), lambda b, h, i: (b, i))
     vector = pl.BlockSpec((d,), lambda b, h, i: (0,))
     row_tile = pl.BlockSpec((None, None, g.block_q), lambda b, h, i: (b, h, i))
     row_whole = pl.BlockSpec((None, None, b_h_t_d[2]), lambda b, h, i: (b, h, 0))
     return locals()
 
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, interpret, name):
+def _call(kernel, grid, in_specs, out_specs, out_shape, interpret, name, g: Geometry, head_dim):
+    # Wider tiles need more warps to hold them in registers.
+    warps = g.num_warps or (4 if head_dim <= 64 else 8)
+    params = None if interpret else compiler_params(num_warps=warps, num_stages=g.num_stages)
     return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
                           out_specs=out_specs, interpret=interpret, name=name,
-                          compiler_params=None if interpret else compiler_params(num_warps=4))
+                          compiler_params=params)
 
 
 @functools.partial(jax.jit, static_argnames=("g", "interpret"))
-def forward(q, k, v, kmask, q_scale, k_scale, *, g: Geometry, interpret: bool):
-    """q [B,H,Tq,D], k/v [B,Hkv,Tk,D], kmask [B,Tk] (all padded) -> (out, row statistic)."""
+def forward(q, k, v, kmask, qseg, kseg, rscale, q_scale, k_scale, *, g: Geometry,
+            interpret: bool):
+    """q [B,H,Tq,D], k/v [B,Hkv,Tk,D], kmask and kseg [B,Tk], qseg and rscale [B,Tq] (all
+    padded) -> (out, row statistic)."""
     b, h, tq, d = q.shape
     tk = k.shape[2]
     sp = _specs(g, q.shape, tk)
     return _call(
         functools.partial(_forward_kernel, g=g, num_k_blocks=tk // g.block_k),
         (b, h, tq // g.block_q),
-        [sp["q_tile"], sp["whole_kv"], sp["whole_kv"], sp["kmask_whole"], sp["vector"], sp["vector"]],
+        [sp["q_tile"], sp["whole_kv"], sp["whole_kv"], sp["kmask_whole"], sp["qseg_tile"],
+         sp["kmask_whole"], sp["qseg_tile"], sp["vector"], sp["vector"]],
         [sp["q_tile"], sp["row_tile"]],
         [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, tq), jnp.float32)],
-        interpret, f"norm_attention_{g.normalizer}_fwd")(q, k, v, kmask, q_scale, k_scale)
+        interpret, f"norm_attention_{g.normalizer}_fwd", g, d)(q, k, v, kmask, qseg, kseg,
+                                                              rscale, q_scale, k_scale)
 
 
 @functools.partial(jax.jit, static_argnames=("g", "interpret"))
-def backward(q, k, v, kmask, q_scale, k_scale, out, stat, dout, *, g: Geometry, interpret: bool):
+def backward(q, k, v, kmask, qseg, kseg, rscale, q_scale, k_scale, out, stat, dout, *,
+             g: Geometry, interpret: bool):
     """-> dq, dk, dv, dq_scale, dk_scale (dk/dv summed over each key/value head's group)."""
     b, h, tq, d = q.shape
     h_kv, tk = k.shape[1], k.shape[2]
     delta = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1)
     sp = _specs(g, q.shape, tk)
-    inputs = (q, k, v, kmask, q_scale, k_scale, dout, stat, delta)
+    inputs = (q, k, v, kmask, qseg, kseg, rscale, q_scale, k_scale, dout, stat, delta)
     nq, nk = tq // g.block_q, tk // g.block_k
     dq, dqs = _call(
         functools.partial(_dq_kernel, g=g, num_k_blocks=nk), (b, h, nq),
-        [sp["q_tile"], sp["whole_kv"], sp["whole_kv"], sp["kmask_whole"], sp["vector"],
-         sp["vector"], sp["q_tile"], sp["row_tile"], sp["row_tile"]],
+        [sp["q_tile"], sp["whole_kv"], sp["whole_kv"], sp["kmask_whole"], sp["qseg_tile"],
+         sp["kmask_whole"], sp["qseg_tile"], sp["vector"], sp["vector"], sp["q_tile"],
+         sp["row_tile"], sp["row_tile"]],
         [sp["q_tile"], pl.BlockSpec((None, None, 1, d), lambda bb, hh, i: (bb, hh, i, 0))],
         [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, nq, d), jnp.float32)],
-        interpret, f"norm_attention_{g.normalizer}_dq")(*inputs)
+        interpret, f"norm_attention_{g.normalizer}_dq", g, d)(*inputs)
     per_head = jax.ShapeDtypeStruct((b, h, tk, d), jnp.float32)
     head_tile = pl.BlockSpec((None, None, g.block_k, d), lambda bb, hh, j: (bb, hh, j, 0))
     dk, dv, dks = _call(
         functools.partial(_dkdv_kernel, g=g, num_q_blocks=nq), (b, h, nk),
-        [sp["whole_q"], sp["kv_tile"], sp["kv_tile"], sp["kmask_tile"], sp["vector"],
-         sp["vector"], sp["whole_q"], sp["row_whole"], sp["row_whole"]],
+        [sp["whole_q"], sp["kv_tile"], sp["kv_tile"], sp["kmask_tile"], sp["qseg_whole"],
+         sp["kmask_tile"], sp["qseg_whole"], sp["vector"], sp["vector"], sp["whole_q"],
+         sp["row_whole"], sp["row_whole"]],
         [head_tile, head_tile, pl.BlockSpec((None, None, 1, d), lambda bb, hh, j: (bb, hh, j, 0))],
         [per_head, per_head, jax.ShapeDtypeStruct((b, h, nk, d), jnp.float32)],
-        interpret, f"norm_attention_{g.normalizer}_dkdv")(*inputs)
+        interpret, f"norm_attention_{g.normalizer}_dkdv", g, d)(*inputs)
     # Query heads sharing a key/value head each wrote their own share; add them up.
     group = lambda x: x.reshape(b, h_kv, g.group, tk, d).sum(2)
     return (dq, group(dk).astype(k.dtype), group(dv).astype(v.dtype),

@@ -5,6 +5,11 @@
     softmax:  p = exp(s) / Σ exp(s)
     softplus: p = softplus(s) / Σ softplus(s)          (ℓ1 row normalization, no max needed)
     out = p v                                            (rows with no visible key give 0)
+
+A query sees a key only where both carry the same segment id (packed sequences), when ids are
+given. With length_scale, row i's logits are also multiplied by log(d)·log(n_i), n_i the keys
+it sees: LSSA's scale (jaxlab.ops.softplus_attention), which with qk_norm="rms" and
+sm_scale=1/d makes the logits log(d)·log(n)·cos(q, k).
 """
 from __future__ import annotations
 
@@ -31,8 +36,10 @@ def head_norm(x, scale, kind: str | None, eps: float):
 def fused_norm_attention_reference(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, *,
                                    qk_norm: str | None = None, normalizer: str = "softmax",
                                    causal: bool = False, sm_scale: float | None = None,
-                                   eps: float = 1e-6):
-    """q [b, t, h, d], k and v [b, s, h_kv, d] with h a multiple of h_kv -> [b, t, h, d]."""
+                                   eps: float = 1e-6, segment_ids=None,
+                                   length_scale: bool = False):
+    """q [b, t, h, d], k and v [b, s, h_kv, d] with h a multiple of h_kv -> [b, t, h, d];
+    segment_ids: None or (query ids [b, t], key ids [b, s])."""
     b, t, h, d = q.shape
     s_len, h_kv = k.shape[1], k.shape[2]
     sm_scale = d ** -0.5 if sm_scale is None else sm_scale
@@ -41,8 +48,15 @@ def fused_norm_attention_reference(q, k, v, q_scale=None, k_scale=None, key_mask
     scores = jnp.einsum("btkgd,bskd->bkgts", qn, kn,
                         precision=jax.lax.Precision.HIGHEST) * sm_scale
     mask = attention_mask(t, s_len, causal=causal, key_mask_bs=key_mask_bs)
+    if segment_ids is not None:
+        q_ids, k_ids = segment_ids
+        same = (q_ids[:, :, None] == k_ids[:, None, :])[:, None]
+        mask = same if mask is None else mask & same
     visible = jnp.ones(scores.shape, bool) if mask is None else jnp.broadcast_to(
         mask[:, :, None], scores.shape)
+    if length_scale:
+        n_visible = visible.sum(-1, keepdims=True).astype(jnp.float32)
+        scores = scores * (jnp.log(float(d)) * jnp.log(jnp.maximum(n_visible, 1.0)))
     if normalizer == "softmax":
         weights = jnp.exp(jnp.where(visible, scores, -jnp.inf)
                           - jnp.max(jnp.where(visible, scores, -1e30), -1, keepdims=True))
