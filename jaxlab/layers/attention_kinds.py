@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlab.errors import ConfigError
+from jaxlab.kernels.norm_attention import fused_norm_attention
 from jaxlab.layers.attention import SoftmaxAttention
 from jaxlab.ops import attention_variants as variants
 from jaxlab.ops.attention import softmax_attention
@@ -28,7 +29,13 @@ class SoftplusAttention(SoftmaxAttention):
         self.reweight_shift = bool(cfg.get("softplus_reweight_shift", True))
 
     def attend(self, q, k, v, *, causal, key_mask_bs, position=None):
-        del position
+        if self.kernels != "xla" and position is None and self.reweight_p == 1.0:
+            # LSSA as the fused kernel: rms-normalised q, k (√d × the unit vectors) with
+            # sm_scale 1/d give cosine scores, times log d · log n per row.
+            d = q.shape[-1]
+            return fused_norm_attention(q, k, v, key_mask_bs=key_mask_bs, qk_norm="rms",
+                                        normalizer="softplus", sm_scale=1.0 / d, causal=causal,
+                                        length_scale=True, impl=self.kernels)
         return softplus_attention(q, k, v, causal=causal, key_mask_bs=key_mask_bs,
                                   reweight_p=self.reweight_p, reweight_shift=self.reweight_shift)
 

@@ -21,13 +21,14 @@ def three_steps(**overrides):
 @pytest.mark.parametrize("model", [
     {"model.norm": "rmsnorm"},
     {"model.norm": "layernorm", "model.attention": "linear", "model.chunk_size": 16},
-], ids=["softmax+rmsnorm", "linear+layernorm"])
+    {"model.norm": "rmsnorm", "model.attention": "softplus"},
+], ids=["softmax+rmsnorm", "linear+layernorm", "lssa+rmsnorm"])
 def test_interpreted_kernels_train_like_xla(model):
     state_xla, losses_xla = three_steps(**model, **{"model.kernels": "xla"})
     state_kernel, losses_kernel = three_steps(**model, **{"model.kernels": KERNEL_IMPL})
     assert last_path("fused_norm") == KERNEL_IMPL
-    assert last_path("chunked_linear_attention" if "model.attention" in model
-                     else "fused_norm_attention") == KERNEL_IMPL
+    linear = model.get("model.attention") == "linear"
+    assert last_path("chunked_linear_attention" if linear else "fused_norm_attention") == KERNEL_IMPL
     np.testing.assert_allclose(losses_kernel, losses_xla, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  state_kernel["params"], state_xla["params"])
