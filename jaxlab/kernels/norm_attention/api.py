@@ -48,10 +48,9 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     or softplus (ℓ1-normalized Softplus scores; pass any length-dependent factor in sm_scale,
     default d^-1/2). length_scale also multiplies row i's logits by log(d)·log(n_i), n_i the
     keys it sees (LSSA's scale: with qk_norm="rms", sm_scale=1/d and normalizer="softplus" this
-    is LSSA without re-weighting; not with segment_ids). Rows that see no key return 0. impl:
-    see jaxlab.kernels. block_q, block_k,
-    num_warps, num_stages tune the GPU kernel (defaults: blocks of up to 64, 4 warps up to head
-    dim 64 and 8 above, 2 stages).
+    is LSSA without re-weighting; not with segment_ids). Rows that see no key return 0.
+    impl: see jaxlab.kernels. block_q, block_k, num_warps and num_stages tune the GPU kernel
+    (defaults: blocks of up to 64, 4 warps up to head dim 64 and 8 above, 2 stages).
     """
     if normalizer not in NORMALIZERS:
         raise ConfigError(f"normalizer {normalizer!r} is unknown; valid: {', '.join(NORMALIZERS)}")
