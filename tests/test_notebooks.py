@@ -21,6 +21,14 @@ def test_every_source_has_its_notebook():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_readme_links_the_notebook_and_its_colab_page(path):
+    readme = (ROOT / "README.md").read_text()
+    assert f"](notebooks/{path.name})" in readme
+    assert (f"[Open in Colab](https://colab.research.google.com/github/jaxlab/jaxlab/blob/main/"
+            f"notebooks/{path.name})") in readme
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_matches_source_and_has_no_outputs(path):
     notebook = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
@@ -34,6 +42,11 @@ def test_notebook_runs_in_smoke_mode(path, monkeypatch):
     monkeypatch.setenv("JAXLAB_SMOKE", "1")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # A notebook's reader has one device (Colab), not the suite's 8 fake CPU ones, which also
+    # make the eager analysis code in the notebooks several times slower.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    monkeypatch.setenv("XLA_FLAGS", " ".join(flags))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
