@@ -149,7 +149,10 @@ class KANLinear(nnx.Module):
 
     def extend_grid(self, new_grid_size: int, x: jax.Array | None = None) -> None:
         """Refine to `new_grid_size` (G' intervals, centers, degree or frequencies) keeping the
-        function: a least-squares refit on x, or on a dense sweep of the grid range."""
+        function: a least-squares refit on x, or on a dense sweep of the grid range. Only the
+        grid range is kept: a B-spline is also non-zero up to `order` intervals past it, and
+        the finer grid covers less of that margin, so inputs outside the range change. Call
+        update_grid(x) first (the grid then covers the data), or pass the data as x."""
         if x is None:
             lo, hi = self._range()
             x = jnp.linspace(lo, hi, 8 * self.num_bases(new_grid_size) + 1)  # [n, in]
