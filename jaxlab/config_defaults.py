@@ -35,6 +35,9 @@ def transformer(**overrides) -> ml_collections.ConfigDict:
         activation="silu", attention="softmax", causal=True, norm="rmsnorm", norm_position="pre",
         position="rope", rope_base=10000.0, max_len=256, vocab_size=256, tie_embeddings=True,
         dtype="float32", remat="none",
+        # scan_layers: the decoder LM's identical blocks as one lax.scan over stacked parameters
+        # (compile time flat in depth; params under blocks/layers gain a leading layer axis).
+        scan_layers=False,
         # Pallas kernels (jaxlab/kernels): xla, auto (Pallas on GPU/TPU), interpret (tests).
         kernels="xla",
         # Block kind (layers/macaron.py); "standard" keeps attention → FFN.

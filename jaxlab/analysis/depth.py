@@ -6,7 +6,8 @@
 Hidden state ℓ is the residual stream entering block ℓ (ℓ = 0 is the embedding output) and
 state L the last block's output, before any final norm. Everything runs eagerly on the model as
 it is (eval mode: no running state moves); blocks are swapped in and out only for the duration
-of a call.
+of a call. A model with `model.scan_layers=True` is read through a per-layer copy with the same
+weights (`unstack_layers`), so the report is the same in both layouts.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlab.models.scan import unstack_layers
 from jaxlab.registry import LOSSES
 
 Batch = dict[str, jax.Array]
@@ -57,6 +59,7 @@ def _swapped(model: nnx.Module, make: Callable[[int, nnx.Module], nnx.Module | N
 
 def hidden_states(model: nnx.Module, inputs: jax.Array) -> list[jax.Array]:
     """[h_0, …, h_L]: the stream entering each block, then the last block's output."""
+    model = unstack_layers(model)
     states: dict[int, jax.Array] = {}
 
     def record(i, x, y):
@@ -99,6 +102,7 @@ def batch_loss(model: nnx.Module, batch: Batch, loss: str = "xent") -> jax.Array
 
 def skip_one_layer_loss_change(model: nnx.Module, batch: Batch, loss: str = "xent") -> np.ndarray:
     """[L]: loss with block ℓ replaced by the identity, minus the full model's loss."""
+    model = unstack_layers(model)
     full = float(batch_loss(model, batch, loss))
     changes = []
     for skipped in range(len(model.blocks)):
@@ -109,6 +113,7 @@ def skip_one_layer_loss_change(model: nnx.Module, batch: Batch, loss: str = "xen
 
 def layer_gradient_norms(model: nnx.Module, batch: Batch, loss: str = "xent") -> np.ndarray:
     """[L]: global norm of the loss gradient over each block's parameters."""
+    model = unstack_layers(model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_of(params):
@@ -122,6 +127,7 @@ def layer_gradient_norms(model: nnx.Module, batch: Batch, loss: str = "xent") ->
 
 def depth_report(model: nnx.Module, batch: Batch, loss: str = "xent") -> dict[str, np.ndarray]:
     """Every depth diagnostic at once, as numpy arrays keyed by name."""
+    model = unstack_layers(model)
     states = hidden_states(model, batch["inputs"])
     return {**stream_statistics(states), "angular_distance": angular_distances(states),
             "grad_norm": layer_gradient_norms(model, batch, loss),

@@ -15,9 +15,13 @@ from flax import nnx
 
 
 def init_cache(model: nnx.Module, batch: int, max_len: int) -> None:
-    """Creates the decode cache of every layer that has one (in place)."""
-    for _, module in nnx.iter_modules(model):
-        if module is not model and hasattr(module, "init_cache"):
+    """Creates the decode cache of every layer that has one (in place). A module with its own
+    init_cache covers the modules inside it (scanned blocks stack their layers' caches)."""
+    owners = [(path, module) for path, module in nnx.iter_modules(model)
+              if module is not model and hasattr(module, "init_cache")]
+    owner_paths = [path for path, _ in owners]
+    for path, module in owners:
+        if not any(path[:len(outer)] == outer and path != outer for outer in owner_paths):
             module.init_cache(batch, max_len)
 
 

@@ -1,4 +1,7 @@
-"""Decoder-only Transformer language model assembled from the layer registries."""
+"""Decoder-only Transformer language model assembled from the layer registries.
+
+`model.scan_layers` runs the blocks as one jax.lax.scan (jaxlab/models/scan.py).
+"""
 from __future__ import annotations
 
 import jax
@@ -10,6 +13,7 @@ from jaxlab.layers.blocks import make_norm, needs_final_norm
 from jaxlab.layers.common import Dense
 from jaxlab.layers.embed import Embed
 from jaxlab.layers.macaron import make_block
+from jaxlab.models.scan import ScannedBlocks, check_scan_layers
 from jaxlab.registry import POSITION, MODELS
 
 
@@ -56,7 +60,10 @@ class DecoderLM(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         self.embed = Embed(cfg.vocab_size, cfg.width, rngs=rngs, dtype=dtype)
         self.positions = POSITION.get(cfg.position)(cfg, rngs=rngs)
-        self.blocks = nnx.List([make_block(cfg, i, rngs=rngs) for i in range(cfg.depth)])
+        scan = check_scan_layers(cfg)
+        # Built one by one either way, so a seed gives the same weights in both layouts.
+        blocks = [make_block(cfg, i, rngs=rngs) for i in range(cfg.depth)]
+        self.blocks = ScannedBlocks(blocks) if scan else nnx.List(blocks)
         self.final_norm = make_norm(cfg, rngs=rngs) if needs_final_norm(cfg) else None
         self.head = (None if cfg.tie_embeddings else
                      Dense(cfg.width, cfg.vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype))
@@ -70,10 +77,14 @@ class DecoderLM(nnx.Module):
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
         decode_kwargs = {"decode": True} if decode else {}  # kinds without decoding never see it
         x = self.positions(self.embed(tokens_bt), positions_bt)
-        call = _call_block if decode or self.remat is None else nnx.remat(
-            _call_block, policy=self.remat)
-        for block in self.blocks:
-            x = call(block, x, positions_bt, key_mask_bs, **decode_kwargs)
+        if isinstance(self.blocks, ScannedBlocks):
+            x = self.blocks(x, remat=None if decode else self.remat, positions_bt=positions_bt,
+                            key_mask_bs=key_mask_bs, **decode_kwargs)
+        else:
+            call = _call_block if decode or self.remat is None else nnx.remat(
+                _call_block, policy=self.remat)
+            for block in self.blocks:
+                x = call(block, x, positions_bt, key_mask_bs, **decode_kwargs)
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.embed.attend(x) if self.head is None else self.head(x)

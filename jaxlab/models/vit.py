@@ -27,6 +27,9 @@ class ViT(nnx.Module):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         check_heads(cfg)
+        if cfg.get("scan_layers", False):
+            raise ConfigError("model.scan_layers=True is built for the decoder LM (model.name="
+                              "lm) only; set model.scan_layers=False for the ViT")
         if cfg.image_size % cfg.patch_size:
             raise ConfigError(f"model.image_size={cfg.image_size} is not divisible by "
                               f"model.patch_size={cfg.patch_size}")

@@ -200,11 +200,19 @@ def _train(run: Run, config, workdir: pathlib.Path, ckpt: Checkpointer, changes,
     bar = tqdm(total=total, initial=start, disable=not (progress and is_writer), unit="step",
                dynamic_ncols=True)
     logger = _StepLogger(run, writers, config.log.every)
-    last_eval = None
+    last_eval, compile_time_s = None, None
     try:
         with jax.set_mesh(run.mesh), preemption.StopRequest() as stop:
             for step in range(start, total):
-                state, step_metrics = run.train_step(state, run.batch("train", step))
+                batch = run.batch("train", step)
+                called = time.perf_counter()
+                state, step_metrics = run.train_step(state, batch)
+                if step == start:
+                    # The first call traces and compiles; the step itself runs asynchronously.
+                    compile_time_s = time.perf_counter() - called
+                    if is_writer:
+                        _say(emit, f"step {step + 1}: compiled the train step in "
+                                   f"{compile_time_s:.2f} s")
                 logger.fetch_previous()
                 logger.pending = (step + 1, step_metrics)
                 bar.update(1)
@@ -234,7 +242,7 @@ def _train(run: Run, config, workdir: pathlib.Path, ckpt: Checkpointer, changes,
         writers.close()
     summary = {"workdir": str(workdir), "steps": total, "resumed_from": start,
                "train_loss": logger.last_loss, **final_eval,
-               logger.rate_name: logger.throughput(),
+               logger.rate_name: logger.throughput(), "compile_time_s": compile_time_s,
                "sample": sample}
     if logger.last_loss is not None:
         summary.update(run.named_metrics("train_", logger.last_loss, logger.last_accuracy))
@@ -307,6 +315,14 @@ class _StepLogger:
 
     def throughput(self) -> float | None:
         return self.units * self._steps_timed / self._seconds if self._seconds else None
+
+
+def _say(emit, line: str) -> None:
+    # Beside the progress bar when printing to the terminal, as the metric lines are.
+    if emit is print:
+        tqdm.write(line)
+    else:
+        emit(line)
 
 
 def _writers(workdir: pathlib.Path, config, emit) -> metrics_lib.MetricWriters:

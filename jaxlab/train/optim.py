@@ -14,7 +14,14 @@ from jaxlab.registry import OPTIMIZERS, SCHEDULES
 
 
 def decay_mask(params):
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay for matrices, not for vectors (norm scales, biases, gains). Parameters of
+    scanned blocks (model.scan_layers: under blocks/layers) carry a leading layer axis that
+    does not count, so both layouts decay the same parameters."""
+    def is_matrix(path, p) -> bool:
+        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        stacked = any(a == "blocks" and b == "layers" for a, b in zip(keys, keys[1:]))
+        return p.ndim - int(stacked) >= 2
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 @SCHEDULES.register("constant")
