@@ -161,3 +161,19 @@ def test_grouped_kv_heads_read_their_group():
     full = softplus_attention(q, jnp.repeat(k[:, :, :2], 2, 2), jnp.repeat(v[:, :, :2], 2, 2),
                               causal=True)
     np.testing.assert_allclose(grouped, full, rtol=1e-6)
+
+
+def test_raw_logits_of_1e4_in_bf16_stay_finite():
+    """Without the cosine normalisation (normalize_qk=False, constant scale) the logits reach
+    1e4; Softplus is linear there and the ℓ1 sums stay finite, values and gradients."""
+    q, k, v = qk(d=16)
+    q, k = q * 35.0, k * 35.0  # |q·k| beyond 1e4
+    logits = jnp.einsum("bthd,bshd->bhts", q, k)
+    assert float(jnp.abs(logits).max()) > 1e4
+    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    call = lambda q, k, v: softplus_attention(q, k, v, causal=True, normalize_qk=False, scale=1.0,
+                                              reweight_p=15.0)
+    assert bool(jnp.all(jnp.isfinite(call(q, k, v).astype(jnp.float32))))
+    grads = jax.grad(lambda *a: call(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2))(q, k, v)
+    for g in grads:
+        assert bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))
