@@ -7,10 +7,12 @@ import pytest
 from jaxlab import config as config_lib
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError
-from jaxlab.experiments.runner import run_row
+from jaxlab.experiments.report import render_table
+from jaxlab.experiments.runner import run_experiment, run_row
 from jaxlab.experiments import registry
 from jaxlab.experiments.reproduce import reproduce
-from jaxlab.experiments.spec import FAILS, HOLDS, INCONCLUSIVE, at_most, higher, lower
+from jaxlab.experiments.spec import (FAILS, HOLDS, INCONCLUSIVE, Claim, Experiment, Scale,
+                                     at_least, at_most, computed, higher, lower)
 
 EXPERIMENTS = sorted(registry.all_experiments())
 
@@ -37,6 +39,7 @@ def test_experiment_runs_end_to_end_at_smoke_scale(name, tmp_path):
     saved = json.loads((out_dir / "results.json").read_text())
     assert saved["claims"] and set(saved["results"]) == set(experiment.rows)
     assert (out_dir / f"{experiment.metrics[0]}.png").stat().st_size > 0
+    assert "Wall time:" in table and saved["runtime"]["reused_rows"] == 0
     # A second call reuses every finished row instead of training again...
     again = []
     reproduce(name, scale="smoke", seeds=1, out=tmp_path, emit=again.append)
@@ -57,6 +60,49 @@ def test_lower_is_judged_against_the_seed_spread():
     assert higher("loss", "a", "b")(results).status == FAILS
     assert at_most("loss", "a", 1.2)(results).status == HOLDS
     assert at_most("loss", "b", 1.2)(results).status == FAILS
+    assert at_least("loss", "b", 2.0)(results).status == HOLDS
+    assert at_least("loss", "a", 1.05)(results).status == FAILS
+
+
+def toy_experiment(calls, **row_params):
+    """Rows measured by a function: x² + seed, and a metric only rows with x > 1 have."""
+    def square(p):
+        calls.append((p.x, p.seed))
+        return {"value": p.x ** 2 + p.seed, **({"big_only": 1.0} if p.x > 1 else {})}
+
+    return Experiment(
+        name="toy", title="toy", paper="-", scales={"smoke": Scale("", params={"x": 1})},
+        rows={"one": computed(square, **row_params), "three": computed(square, x=3)},
+        metrics=("value", "big_only"), claims=(Claim("three is higher", higher("value", "three", "one")),))
+
+
+def test_computed_rows_run_without_the_trainer_and_are_reused(tmp_path):
+    calls = []
+    experiment = toy_experiment(calls)
+    results = run_experiment(experiment, scale="smoke", seeds=2, rows=None, out_dir=tmp_path,
+                             emit=lambda _: None)
+    assert results["one"]["value"] == [1.0, 2.0] and results["three"]["value"] == [9.0, 10.0]
+    assert "big_only" not in results["one"] and results["three"]["big_only"] == [1.0, 1.0]
+    assert len(calls) == 4
+    run_experiment(experiment, scale="smoke", seeds=2, rows=None, out_dir=tmp_path, emit=lambda _: None)
+    assert len(calls) == 4  # every row reused
+    table = render_table(experiment, "smoke", results, [], "cmd")
+    assert "| one | 1.5 ± 0.71 | – |" in table
+    # A computed row is reused only with unchanged parameters.
+    with pytest.raises(ConfigError, match="holds this row run with another config"):
+        run_experiment(toy_experiment(calls, x=2), scale="smoke", seeds=1, rows=None,
+                       out_dir=tmp_path, emit=lambda _: None)
+    # A metric that no row measures is an error.
+    with pytest.raises(ValueError, match="were not measured"):
+        run_experiment(experiment, scale="smoke", seeds=1, rows=["one"], out_dir=tmp_path,
+                       emit=lambda _: None)
+
+
+def test_mil_pooling_config_names_its_bags():
+    config = config_lib.load("configs/mil/pooling.py:bags=bits")
+    assert config.data.name == "bit_bags" and config.model.features == 8
+    with pytest.raises(ConfigError, match="arg bags='nope' is not valid"):
+        config_lib.load("configs/mil/pooling.py:bags=nope")
 
 
 def test_cli_errors_and_listing(capsys, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import time
 from typing import Callable, Sequence
 
 from jaxlab.experiments import registry
@@ -22,13 +23,22 @@ def reproduce(name: str, *, scale: str = "cpu", seeds: int | None = None,
     experiment = registry.get(name)
     seeds = experiment.seeds if seeds is None else seeds
     out_dir = pathlib.Path(out) / experiment.name / scale
+    progress: list[str] = []
+
+    def emit_progress(line: str) -> None:
+        progress.append(line)
+        emit(line)
+
+    start = time.perf_counter()
     results = run_experiment(experiment, scale=scale, seeds=seeds, rows=rows, out_dir=out_dir,
-                             emit=emit)
+                             emit=emit_progress)
+    runtime = {"wall_minutes": (time.perf_counter() - start) / 60,
+               "reused_rows": sum("(reused)" in line for line in progress)}
     covered = [c for c in experiment.claims if _rows_present(c, results)]
     verdicts: list[tuple[str, Verdict]] = [(c.quote, c.check(results)) for c in covered]
     command = (f"jaxlab reproduce {name} --scale {scale} --seeds {seeds}"
                + (f" --rows {','.join(rows)}" if rows else ""))
-    files = write_report(experiment, scale, results, verdicts, out_dir, command)
+    files = write_report(experiment, scale, results, verdicts, out_dir, command, runtime)
     if publish:
         target = PUBLISHED / experiment.name
         target.mkdir(parents=True, exist_ok=True)
@@ -65,12 +75,14 @@ def write_index() -> pathlib.Path:
              "Each experiment is a module here; `jaxlab reproduce NAME` runs it and "
              "`--publish` copies its table and plots to `results/NAME/`. Verdicts below come "
              "from the last published run. This file is written by `jaxlab reproduce --publish`.",
-             "", "| experiment | command | cpu budget | last published verdicts |", "|---|---|---|---|"]
+             "", "| experiment | command | cpu budget | last published run | "
+                 "last published verdicts |", "|---|---|---|---|---|"]
     for experiment in registry.all_experiments().values():
         published = PUBLISHED / experiment.name / "results.json"
-        verdicts = "not run yet"
+        verdicts, runtime = "not run yet", "-"
         if published.exists():
             saved = json.loads(published.read_text())
+            runtime = _runtime(saved)
             counts = {}
             for claim in saved["claims"]:
                 counts[claim["verdict"]] = counts.get(claim["verdict"], 0) + 1
@@ -78,7 +90,17 @@ def write_index() -> pathlib.Path:
                         + f" ({saved['date']}, [table](results/{experiment.name}/table.md))")
         budget = experiment.scales["cpu"].budget_minutes if "cpu" in experiment.scales else "-"
         lines.append(f"| {experiment.title} | `jaxlab reproduce {experiment.name}` | "
-                     f"{budget} min | {verdicts} |")
+                     f"{budget} min | {runtime} | {verdicts} |")
     path = registry.EXPERIMENTS_DIR / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _runtime(saved: dict) -> str:
+    """`scale, N min` of a published run (runs published before the wall time was recorded
+    show only their scale)."""
+    runtime = saved.get("runtime")
+    if not runtime:
+        return saved.get("scale", "-")
+    reused = f", {runtime['reused_rows']} row runs reused" if runtime.get("reused_rows") else ""
+    return f"{saved.get('scale', '-')}, {runtime['wall_minutes']:.1f} min wall{reused}"

@@ -20,6 +20,20 @@ class Scale:
     config: str                                  # a config spec, e.g. "configs/lm/gpt.py:depth=2"
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     budget_minutes: float = 20.0                 # what the whole experiment should take here
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # for Computed rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Computed:
+    """A row measured by a function instead of the trainer (closed-form studies, hand-rolled
+    training of models the trainer does not build, timing). `fn(params)` returns
+    {metric: value}; params = the scale's `params`, then these, then `seed` (a ConfigDict)."""
+    fn: Callable[[Any], Mapping[str, float]]
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def computed(fn: Callable[[Any], Mapping[str, float]], **params: Any) -> Computed:
+    return Computed(fn, params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +54,10 @@ class Experiment:
     title: str
     paper: str                                   # authors, year, arXiv id
     scales: Mapping[str, Scale]                  # "smoke" (tests), "cpu", "full"
-    rows: Mapping[str, Mapping[str, Any]]        # row name -> dotted config overrides
-    metrics: tuple[str, ...]                     # columns of the table, the first is plotted
+    rows: Mapping[str, Mapping[str, Any] | Computed]  # row name -> dotted config overrides
+    # Columns of the table, the first is plotted; a row may lack a metric that does not apply
+    # to it (shown as –), but every metric is measured by some row.
+    metrics: tuple[str, ...]
     claims: tuple[Claim, ...] = ()
     seeds: int = 2
     # Extra measurements on a trained row: (Run, trained model, summary) -> {metric: value}.
@@ -97,6 +113,15 @@ def at_most(metric: str, row: str, bound: float) -> Callable[[Results], Verdict]
         values = results[row][metric]
         ours = f"{metric} of {row}: {describe(values)} (bound {bound:.3g})"
         return Verdict(HOLDS if max(values) <= bound else FAILS, ours)
+    return check
+
+
+def at_least(metric: str, row: str, bound: float) -> Callable[[Results], Verdict]:
+    """Claim check: every seed of `row` has `metric` ≥ bound."""
+    def check(results: Results) -> Verdict:
+        values = results[row][metric]
+        ours = f"{metric} of {row}: {describe(values)} (bound ≥ {bound:.3g})"
+        return Verdict(HOLDS if min(values) >= bound else FAILS, ours)
     return check
 
 
