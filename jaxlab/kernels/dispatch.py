@@ -34,6 +34,7 @@ class Unsupported(Exception):
 
 
 def check_impl(impl: str) -> str:
+    """`impl` if it is one of IMPLS, else a ConfigError listing them."""
     if impl not in IMPLS:
         raise ConfigError(f"kernel implementation {impl!r} is unknown; valid: {', '.join(IMPLS)}")
     return impl

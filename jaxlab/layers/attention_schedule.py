@@ -13,6 +13,8 @@ NAMED_SCHEDULES = {"transnormer": "diag_attention,norm_attention"}
 
 
 def attention_kind(cfg, layer_index: int) -> str:
+    """The attention kind of layer `layer_index`: model.attention, or the entry of
+    model.attention_schedule (a named schedule or comma-separated kinds) for that layer."""
     schedule = cfg.get("attention_schedule", "") or ""
     if not schedule:
         return cfg.attention

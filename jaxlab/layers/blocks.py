@@ -116,6 +116,7 @@ NORM_POSITION.register("mix")(mix_norm)
 
 
 def needs_final_norm(cfg) -> bool:
+    """Whether the model ends with a norm before the head (Pre-LN style placements do)."""
     position = NORM_POSITION.get(cfg.norm_position)
     if hasattr(position, "needs_final_norm"):
         return position.needs_final_norm(cfg)

@@ -64,6 +64,7 @@ def training_mode(step: Any):
 
 
 def forward_mode() -> ForwardMode:
+    """How the forward pass being traced runs (eval unless inside `training_mode`)."""
     return _MODE.get()
 
 

@@ -14,6 +14,7 @@ from jaxlab.ops.linear_attention import LinearState, zero_state
 
 
 def require_cache(module: nnx.Module):
+    """The decode cache of `module`; a clear error when init_cache was not called first."""
     cache = getattr(module, "cache", None)
     if cache is None:
         raise ValueError(f"{type(module).__name__} was called with decode=True before init_cache")

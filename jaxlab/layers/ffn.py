@@ -13,12 +13,14 @@ ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu, "silu": jax.nn.silu, "t
 
 
 def activation(name: str):
+    """The elementwise activation function called `name` (model.activation)."""
     if name not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}")
     return ACTIVATIONS[name]
 
 
 def hidden_width(cfg) -> int:
+    """The FFN's hidden width: model.width × model.ffn_mult."""
     return int(cfg.width * cfg.ffn_mult)
 
 

@@ -27,6 +27,7 @@ from jaxlab.registry import ATTENTION
 
 
 def choice(cfg, key: str, default, valid) -> str:
+    """model.<key> (or `default`), checked against the `valid` options."""
     value = cfg.get(key, default)
     if value not in valid:
         raise ConfigError(f"model.{key}={value!r} is not one of: {', '.join(valid)}")

@@ -40,6 +40,10 @@ def _fused(x, scale, bias, kind: str, eps: float, impl: str):
 
 @NORM.register("layernorm")
 class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis, x [..., dim] -> [..., dim]: (x − mean) / √(var + eps), times
+    a learned scale, plus a bias (Ba et al., 2016); statistics in float32. `kernels` routes it to
+    the fused Pallas norm (jaxlab.kernels.fused_norm)."""
+
     config_kwargs = classmethod(_kernel_config)
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs, use_scale: bool = True, use_bias: bool = True,
@@ -55,6 +59,10 @@ class LayerNorm(nnx.Module):
 
 @NORM.register("rmsnorm")
 class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis, x [..., dim] -> [..., dim]: x / √(mean(x²) + eps) times a
+    learned scale, no centring and no bias (Zhang & Sennrich, 2019); statistics in float32.
+    `kernels` routes it to the fused Pallas norm (jaxlab.kernels.fused_norm)."""
+
     config_kwargs = classmethod(_kernel_config)
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs, use_scale: bool = True, use_bias: bool = False,

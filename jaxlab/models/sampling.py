@@ -31,4 +31,5 @@ def sample_tokens(forward, prompt: np.ndarray, *, length: int, window: int, seed
 
 
 def decode_bytes(tokens: np.ndarray) -> str:
+    """Byte tokens as text (undecodable bytes replaced), for samples of byte-level LMs."""
     return bytes(int(t) % 256 for t in tokens).decode("utf-8", errors="replace")

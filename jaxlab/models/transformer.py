@@ -18,6 +18,7 @@ from jaxlab.registry import POSITION, MODELS
 
 
 def check_heads(cfg) -> None:
+    """A ConfigError unless the width splits into heads and the heads into kv groups."""
     kv_heads = cfg.get("num_kv_heads") or cfg.num_heads
     if cfg.width % cfg.num_heads:
         raise ConfigError(f"model.width={cfg.width} is not divisible by model.num_heads={cfg.num_heads}")

@@ -248,9 +248,11 @@ def poly_norm(x: jax.Array, coef_r: jax.Array, bias: jax.Array, eps: float = 1e-
 
 
 def num_bspline_bases(grid_size: int, order: int) -> int:
+    """B-splines of degree `order` on `grid_size` intervals: grid_size + order of them."""
     return grid_size + order
 
 
 def default_rbf_width(lo: float, hi: float, num_centers: int) -> float:
+    """The Gaussian RBF width: the spacing of `num_centers` centres evenly over [lo, hi]."""
     return (hi - lo) / max(num_centers - 1, 1)
 

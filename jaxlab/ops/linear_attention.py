@@ -34,6 +34,7 @@ class LinearState(NamedTuple):
 
 
 def zero_state(batch: int, heads: int, key_dim: int, value_dim: int) -> LinearState:
+    """The empty recurrent state: S = Σ φ(k)vᵀ [b, h, dk, dv] and z = Σ φ(k) [b, h, dk], zeros."""
     return LinearState(jnp.zeros((batch, heads, key_dim, value_dim), jnp.float32),
                        jnp.zeros((batch, heads, key_dim), jnp.float32))
 

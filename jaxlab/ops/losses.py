@@ -19,4 +19,5 @@ def z_loss(logits: jax.Array) -> jax.Array:
 
 
 def accuracy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """1.0 where the arg-max of logits [..., classes] equals the integer target [...], else 0."""
     return (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)

@@ -24,6 +24,8 @@ def _affine(y: jax.Array, scale: jax.Array | None, bias: jax.Array | None) -> ja
 
 def layer_norm(x: jax.Array, scale: jax.Array | None = None, bias: jax.Array | None = None,
                eps: float = 1e-6) -> jax.Array:
+    """LayerNorm over the last axis: (x − mean)/√(var + eps) · scale + bias, computed in at
+    least float32 and returned in x's dtype (Ba et al., 2016)."""
     xc = x.astype(compute_dtype(x.dtype))
     mean = xc.mean(-1, keepdims=True)
     var = jnp.square(xc - mean).mean(-1, keepdims=True)
@@ -32,6 +34,8 @@ def layer_norm(x: jax.Array, scale: jax.Array | None = None, bias: jax.Array | N
 
 
 def rms_norm(x: jax.Array, scale: jax.Array | None = None, eps: float = 1e-6) -> jax.Array:
+    """RMSNorm over the last axis: x/√(mean(x²) + eps) · scale, computed in at least float32
+    and returned in x's dtype (Zhang & Sennrich, 2019)."""
     xc = x.astype(compute_dtype(x.dtype))
     y = xc * jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + eps)
     return _affine(y, scale, None).astype(x.dtype)

@@ -25,6 +25,7 @@ def block_rows_for(n: int, d: int) -> int:
 
 
 def unsupported(d: int) -> str | None:
+    """Why the Pallas kernel cannot take feature size d on this backend, or None if it can."""
     backend = dispatch.backend()
     if backend == "gpu" and d & (d - 1):
         return f"the Triton kernel needs a power-of-two feature size, got {d}"

@@ -16,6 +16,7 @@ OP = "chunked_linear_attention"
 
 
 def unsupported(key_dim: int, value_dim: int, chunk: int) -> str | None:
+    """Why the Pallas kernel cannot take these sizes on this backend, or None if it can."""
     backend = dispatch.backend()
     dims = (key_dim, value_dim, chunk)
     if backend == "gpu" and any(x & (x - 1) or x < 16 for x in dims):

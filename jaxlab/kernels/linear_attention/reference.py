@@ -13,6 +13,7 @@ KERNEL_FEATURE_MAPS = ("elu1", "relu", "identity")
 
 
 def output_rms_norm(o, gain, eps):
+    """TransNormer's output norm: RMSNorm of each head's output [..., dv] times `gain`."""
     o32 = o.astype(jnp.float32)
     return o32 * jax.lax.rsqrt(jnp.square(o32).mean(-1, keepdims=True) + eps) * gain
 

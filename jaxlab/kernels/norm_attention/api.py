@@ -24,6 +24,7 @@ def block_for(length: int, largest: int = 64) -> int:
 
 
 def unsupported(head_dim: int) -> str | None:
+    """Why the Pallas kernel cannot take this head dim on this backend, or None if it can."""
     backend = dispatch.backend()
     if backend == "gpu" and (head_dim & (head_dim - 1) or head_dim < 16):
         return f"the Triton kernel needs a power-of-two head dim ≥ 16, got {head_dim}"
