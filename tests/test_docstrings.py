@@ -23,8 +23,9 @@ def public_modules():
 @pytest.mark.parametrize("module", list(public_modules()), ids=lambda m: m.__name__)
 def test_public_names_are_documented(module):
     assert (module.__doc__ or "").strip(), f"{module.__name__} has no module docstring"
-    undocumented = [name for name, obj in vars(module).items()
-                    if not name.startswith("_") and getattr(obj, "__module__", None) == module.__name__
-                    and (inspect.isfunction(obj) or inspect.isclass(obj))
-                    and not (obj.__doc__ or "").strip()]
+    defined_here = {name: obj for name, obj in vars(module).items()
+                    if not name.startswith("_")
+                    and getattr(obj, "__module__", None) == module.__name__
+                    and (inspect.isfunction(obj) or inspect.isclass(obj))}
+    undocumented = [name for name, obj in defined_here.items() if not (obj.__doc__ or "").strip()]
     assert not undocumented, f"{module.__name__}: no docstring on {', '.join(undocumented)}"
