@@ -5,8 +5,8 @@
 The model is the MIL classifier of configs/mil/bit_bags.py and configs/mil/digit_bags.py
 (instance MLP + HopfieldPooling); its data group holds the fields of both bag datasets so that
 `data.name` (bit_bags or digit_bags) and `model.features` (8 or 64) can be switched by
-overrides, as the hopfield reproduction's rows do. The pooling is set through the Hopfield
-layer itself: `model.update_steps_max` (0 = one softmax-attention step with a learned query,
+overrides, as the hopfield reproduction's rows do. `model.pooling` picks hopfield (default),
+mean or max; the Hopfield pooling is tuned through the layer itself: `model.update_steps_max` (0 = one softmax-attention step with a learned query,
 >0 = further Hopfield updates) and `model.scaling` (β; 0 = 1/√d_k, a tiny β pools the
 uniform average of the bag). With bags=digits it trains in under a minute on a 2-core CPU and
 should end above 0.9 valid accuracy (the hopfield reproduction saw 0.97 after 300 steps).
@@ -30,7 +30,7 @@ def get_config(arg=None):
     config.model = ConfigDict(dict(
         name="mil", features=FEATURES[arg.bags], width=arg.width, instance_layers=2,
         num_heads=arg.heads, hidden_size=0, update_steps_max=arg.update_steps, scaling=0.0,
-        quantity=1, normalize=True, num_classes=2, dtype="float32"))
+        quantity=1, normalize=True, num_classes=2, dtype="float32", pooling="hopfield"))
     config.data = ConfigDict(dict(
         name="bit_bags" if arg.bags == "bits" else "digit_bags", bag_size=16,
         # bit_bags

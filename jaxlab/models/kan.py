@@ -1,8 +1,11 @@
-"""A KAN regressor (stacked KANLinear layers) and the `mse` loss it trains with.
+"""A KAN regressor (stacked KANLinear layers), the MLP it is compared with, and the `mse` loss
+they train with.
 
 Config (model.*): widths (e.g. [2, 5, 1]: inputs, hidden..., outputs), basis, grid_size, order,
 grid_bound (the initial grid covers [−grid_bound, grid_bound]), base_activation ("" for none).
-Outputs [b, widths[-1]]; with one output, `mse` compares it with scalar targets.
+`name: mlp` builds the MLP baseline of the same widths instead (dense layers with biases and
+base_activation between them). Outputs [b, widths[-1]]; with one output, `mse` compares it with
+scalar targets.
 """
 from __future__ import annotations
 
@@ -11,8 +14,36 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlab.errors import ConfigError
+from jaxlab.layers.common import Dense
 from jaxlab.layers.kan import KANLinear
 from jaxlab.registry import LOSSES, MODELS
+
+
+def _widths(cfg) -> list[int]:
+    widths = list(cfg.widths)
+    if len(widths) < 2 or min(widths) < 1:
+        raise ConfigError(f"model.widths={widths} needs at least an input and an output width >= 1")
+    return widths
+
+
+@MODELS.register("mlp")
+class MLPRegressor(nnx.Module):
+    """x [b, in] -> y [b, out]: dense layers of the given widths, the activation between them."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        widths = _widths(cfg)
+        name = cfg.get("base_activation", "silu") or "silu"
+        if not hasattr(jax.nn, name):
+            raise ConfigError(f"model.base_activation={name!r} is not a jax.nn activation")
+        self.activation = getattr(jax.nn, name)
+        self.layers = nnx.List([
+            Dense(a, b, axes=(None, None), rngs=rngs, use_bias=True)
+            for a, b in zip(widths[:-1], widths[1:])])
+
+    def __call__(self, x_bi: jax.Array) -> jax.Array:
+        for i, layer in enumerate(self.layers):
+            x_bi = layer(x_bi) if i == 0 else layer(self.activation(x_bi))
+        return x_bi.astype(jnp.float32)
 
 
 @MODELS.register("kan")
@@ -20,9 +51,7 @@ class KANRegressor(nnx.Module):
     """x [b, in] -> y [b, out] through KANLinear layers of the given widths."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        widths = list(cfg.widths)
-        if len(widths) < 2 or min(widths) < 1:
-            raise ConfigError(f"model.widths={widths} needs at least an input and an output width >= 1")
+        widths = _widths(cfg)
         bound = cfg.get("grid_bound", 1.0)
         self.layers = nnx.List([
             KANLinear(a, b, basis=cfg.get("basis", "bspline"), grid_size=cfg.get("grid_size", 5),

@@ -1,6 +1,7 @@
 """The KAN regressor: a [2, 5, 1] KAN fits exp(sin(πx) + y²); the mse loss; function_fit data."""
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -78,3 +79,15 @@ def test_prune_nodes_removes_a_dead_hidden_node_and_keeps_the_function():
     assert model.prune_nodes(x, threshold=1e-6) == [2, 3, 1]
     assert model.layers[0].coef.shape == (3, 2, 8) and model.layers[1].coef.shape == (1, 3, 8)
     np.testing.assert_allclose(model(x), before, atol=1e-5)
+
+
+def test_mlp_baseline_regressor_has_the_widths_it_is_given():
+    """model.name=mlp (the KAN papers' baseline): dense layers with biases, activation between."""
+    from jaxlab import config as config_lib
+    from jaxlab.models import build
+    cfg = config_lib.load("configs/kan/fit.py", {"model.name": "mlp",
+                                                 "model.widths": [2, 13, 13, 1]}).model
+    model = build(cfg, nnx.Rngs(0))
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert params == (2 * 13 + 13) + (13 * 13 + 13) + (13 + 1)
+    assert model(jnp.ones((5, 2))).shape == (5, 1)
