@@ -13,6 +13,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 from make_notebook import build  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# The quick start and the kernel check (seconds) run in every test run; the topic notebooks
+# (30-60 s each on 2 cores) run in the slow pass, which CI runs as well.
+QUICK = {"01_quickstart", "06_kernels"}
+EXECUTIONS = [pytest.param(p, id=p.stem, marks=() if p.stem in QUICK else pytest.mark.slow)
+              for p in NOTEBOOKS]
 
 
 def test_every_source_has_its_notebook():
@@ -37,7 +42,7 @@ def test_notebook_matches_source_and_has_no_outputs(path):
         f"regenerate: python tools/make_notebook.py notebooks/src/{path.stem}.py {path}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", EXECUTIONS)
 def test_notebook_runs_in_smoke_mode(path, monkeypatch):
     monkeypatch.setenv("JAXLAB_SMOKE", "1")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
