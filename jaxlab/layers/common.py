@@ -21,6 +21,12 @@ def param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int],
     return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), axes=tuple(axes))
 
 
+def matmul_last_axis(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., k] @ w [k, n] -> [..., n], computed as one [prod(...), k] @ [k, n] product."""
+    lead = x.shape[:-1]
+    return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(*lead, w.shape[-1])
+
+
 class Dense(nnx.Module):
     """x @ kernel (+ bias), computed in `dtype` with float32 parameters."""
 
@@ -34,7 +40,9 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        # As one 2-D product over all leading axes: XLA:CPU's weight gradient for a product
+        # contracting several axes at once ran 2-4x slower (benchmarks/RESULTS.md, train step).
+        y = matmul_last_axis(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

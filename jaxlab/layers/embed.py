@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlab.layers.common import param
+from jaxlab.layers.common import matmul_last_axis, param
 from jaxlab.registry import POSITION
 
 
@@ -21,7 +21,7 @@ class Embed(nnx.Module):
         return jnp.take(self.table[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.table[...].astype(self.dtype).T)
+        return matmul_last_axis(x.astype(self.dtype), self.table[...].astype(self.dtype).T)
 
 
 @POSITION.register("learned")
