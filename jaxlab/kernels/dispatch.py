@@ -17,14 +17,26 @@ def backend() -> str:
     return _TARGET[-1] if _TARGET else jax.default_backend()
 
 
+# What a GPU lowering without a GPU targets; jax 0.12's Triton lowering asks for the device.
+ABSTRACT_GPU = "NVIDIA H100 80GB HBM3"
+
+
 @contextlib.contextmanager
 def target(name: str):
     """Build kernels for backend `name` ("gpu" or "tpu") on any machine, so that a CPU can
     check their lowering: `with target("gpu"): jax.jit(f).trace(x).lower(
-    lowering_platforms=("cuda",))` runs the whole Pallas-to-Triton lowering without a GPU."""
+    lowering_platforms=("cuda",))` runs the whole Pallas-to-Triton lowering without a GPU
+    (for an H100, named through an abstract mesh when no GPU is attached)."""
     _TARGET.append(name)
     try:
-        yield
+        if name == "gpu" and jax.default_backend() != "gpu":
+            device = jax.sharding.AbstractDevice(device_kind=ABSTRACT_GPU, num_cores=None,
+                                                 platform="gpu")
+            mesh = jax.sharding.AbstractMesh((1,), ("gpu",), abstract_device=device)
+            with jax.sharding.use_abstract_mesh(mesh):
+                yield
+        else:
+            yield
     finally:
         _TARGET.pop()
 
