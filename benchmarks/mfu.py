@@ -21,9 +21,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.timing import interleaved  # noqa: E402
-from benchmarks.train_step import model_flops_per_step  # noqa: E402
+from benchmarks.train_step import jaxlab_step, model_flops_per_step  # noqa: E402
 from jaxlab import config as config_lib  # noqa: E402
-from jaxlab.train.loop import Run  # noqa: E402
 
 SIZES = {  # GPT-2 small and medium shapes on the 50k-token vocabulary size
     "125M": ("configs/lm/gpt.py:depth=12,width=768,heads=12,seq_len=2048,batch=16", 50304),
@@ -47,13 +46,7 @@ def measure(size: str, overrides: dict, rounds: int):
     arg, vocab = SIZES[size]
     config = config_lib.load(arg, {"mesh": [("data", 1)], "model.vocab_size": vocab, **overrides})
     print(f"{size} {overrides}: building", flush=True)
-    run = Run(config, devices=jax.devices()[:1])
-    state = {"state": run.init()}
-    batch = run.batch("train", 0)
-
-    def step():
-        state["state"], metrics = run.train_step(state["state"], batch)
-        return metrics["loss"]
+    step, _ = jaxlab_step(config)
     start = time.perf_counter()
     jax.block_until_ready(step())
     compile_s = time.perf_counter() - start
