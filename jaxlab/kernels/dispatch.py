@@ -17,28 +17,63 @@ def backend() -> str:
     return _TARGET[-1] if _TARGET else jax.default_backend()
 
 
-# What a GPU lowering without a GPU targets; jax 0.12's Triton lowering asks for the device.
+# What a lowering without the accelerator targets: jax 0.12's Triton lowering asks for the GPU's
+# kind, and the Mosaic TPU lowering reads the chip's tiling and memory sizes from its kind.
 ABSTRACT_GPU = "NVIDIA H100 80GB HBM3"
+ABSTRACT_TPU = "TPU v5 lite"  # v5e: one TensorCore per chip
+
+
+def _abstract_device(name: str):
+    """The abstract device `target(name)` lowers for, or None when JAX's default one is it."""
+    if jax.default_backend() == name:
+        return None
+    if name == "gpu":
+        return jax.sharding.AbstractDevice(device_kind=ABSTRACT_GPU, num_cores=None,
+                                           platform="gpu")
+    if name == "tpu":
+        return jax.sharding.AbstractDevice(device_kind=ABSTRACT_TPU, num_cores=1,
+                                           platform="tpu")
+    return None
 
 
 @contextlib.contextmanager
 def target(name: str):
     """Build kernels for backend `name` ("gpu" or "tpu") on any machine, so that a CPU can
     check their lowering: `with target("gpu"): jax.jit(f).trace(x).lower(
-    lowering_platforms=("cuda",))` runs the whole Pallas-to-Triton lowering without a GPU
-    (for an H100, named through an abstract mesh when no GPU is attached)."""
+    lowering_platforms=("cuda",))` runs the whole Pallas-to-Triton lowering without a GPU, and
+    `target("tpu")` with `lowering_platforms=("tpu",)` the Pallas-to-Mosaic one (for an H100 or
+    a TPU v5e, named through an abstract mesh when no such device is attached)."""
     _TARGET.append(name)
     try:
-        if name == "gpu" and jax.default_backend() != "gpu":
-            device = jax.sharding.AbstractDevice(device_kind=ABSTRACT_GPU, num_cores=None,
-                                                 platform="gpu")
-            mesh = jax.sharding.AbstractMesh((1,), ("gpu",), abstract_device=device)
+        device = _abstract_device(name)
+        if device is None:
+            yield
+        else:
+            mesh = jax.sharding.AbstractMesh((1,), (name,), abstract_device=device)
             with jax.sharding.use_abstract_mesh(mesh):
                 yield
-        else:
-            yield
     finally:
         _TARGET.pop()
+
+
+# Bytes of blocks one TPU program may hold in VMEM, double buffering and float32 temporaries
+# included: well under the 16 MiB Mosaic allows by default on TPU v4 to v6e, so that shapes
+# whose blocks would not fit fall back to XLA instead of failing to compile.
+TPU_VMEM_BUDGET = 12 * 2**20
+
+
+def lane_dense() -> bool:
+    """Whether kernels lay per-row values (statistics, segment ids) out lane-dense, as
+    [rows, 128] slabs: on TPU, where Mosaic tiles a block's last two dims by (8, 128)."""
+    return backend() == "tpu"
+
+
+def over_vmem(what: str, nbytes: int) -> str | None:
+    """The reason a TPU program holding `nbytes` of blocks is refused, or None if it fits."""
+    if nbytes <= TPU_VMEM_BUDGET:
+        return None
+    return (f"the TPU kernel would hold about {nbytes / 2**20:.1f} MiB of {what} in VMEM, "
+            f"over its {TPU_VMEM_BUDGET / 2**20:.0f} MiB budget")
 
 
 class Unsupported(Exception):
@@ -80,13 +115,19 @@ def last_path(op: str) -> str | None:
     return _PATHS.get(op)
 
 
-def compiler_params(num_warps: int = 4, num_stages: int = 2):
+def compiler_params(num_warps: int = 4, num_stages: int = 2,
+                    dimension_semantics: tuple[str, ...] | None = None):
     """Backend parameters for a compiled pallas_call; None when interpreting on CPU.
 
     On GPU they are passed explicitly: the default lowering differs between jax 0.11 (Mosaic
-    GPU) and 0.12 (Triton), and these kernels are written for the Triton lowering.
+    GPU) and 0.12 (Triton), and these kernels are written for the Triton lowering. On TPU,
+    `dimension_semantics` says per grid axis whether its programs are independent
+    ("parallel": Mosaic may split them over TensorCores) or must run in order ("arbitrary").
     """
     if backend() == "gpu":
         from jax.experimental.pallas import triton as pl_triton
         return pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    if backend() == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+        return pltpu.CompilerParams(dimension_semantics=dimension_semantics)
     return None

@@ -24,13 +24,17 @@ def block_rows_for(n: int, d: int) -> int:
     return rows
 
 
-def unsupported(d: int) -> str | None:
+def unsupported(d: int, itemsize: int = 4) -> str | None:
     """Why the Pallas kernel cannot take feature size d on this backend, or None if it can."""
     backend = dispatch.backend()
     if backend == "gpu" and d & (d - 1):
         return f"the Triton kernel needs a power-of-two feature size, got {d}"
-    if backend == "tpu" and d % 128:
-        return f"the TPU kernel needs a feature size that is a multiple of 128, got {d}"
+    if backend == "tpu":
+        if d % 128:
+            return f"the TPU kernel needs a feature size that is a multiple of 128, got {d}"
+        rows = block_rows_for(1 << 20, d)
+        # backward: h, dy, dh in and dx out, double-buffered, plus float32 temporaries
+        return dispatch.over_vmem("row blocks", rows * d * (8 * itemsize + 4 * 4))
     return None
 
 
@@ -44,7 +48,7 @@ def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: fl
     if kind not in KINDS:
         raise ConfigError(f"fused_norm kind {kind!r} is unknown; valid: {', '.join(KINDS)}")
     try:
-        path = dispatch.resolve(OP, impl, unsupported(x.shape[-1]))
+        path = dispatch.resolve(OP, impl, unsupported(x.shape[-1], x.dtype.itemsize))
     except dispatch.Unsupported as error:
         raise ConfigError(str(error)) from None
     if path == "xla":
@@ -73,7 +77,8 @@ def _fused_fwd(x, scale, bias, residual, kind, eps, interpret):
     y, h, mean, rstd = pallas.forward(
         _pad_rows(_rows(x), n_pad), scale, bias,
         None if residual is None else _pad_rows(_rows(residual), n_pad),
-        kind=kind, eps=eps, block_rows=block, interpret=interpret)
+        kind=kind, eps=eps, block_rows=block, interpret=interpret,
+        lane_dense=dispatch.lane_dense())
     y_out = y[:n].reshape(x.shape)
     out = y_out if residual is None else (y_out, h[:n].reshape(x.shape))
     saved_h = _pad_rows(_rows(x), n_pad) if h is None else h
@@ -88,7 +93,8 @@ def _fused_bwd(kind, eps, interpret, saved, cotangent):
     n_pad = h.shape[0]
     dx, dscale, dbias = pallas.backward(
         h, _pad_rows(_rows(dy), n_pad), _pad_rows(_rows(dh), n_pad), scale, mean, rstd,
-        kind=kind, block_rows=block_rows_for(n, d), interpret=interpret)
+        kind=kind, block_rows=block_rows_for(n, d), interpret=interpret,
+        lane_dense=rstd.ndim == 2)  # the layout the forward chose
     dx = dx[:n].reshape(dy.shape)
     return (dx, dscale.astype(scale.dtype), None if bias is None else dbias.astype(bias.dtype),
             None if residual is None else dx)

@@ -2,6 +2,8 @@
 
 Each program owns `block_rows` full rows, so the row statistics need no cross-program
 reduction; the scale/bias gradients come out as one partial sum per block, added up by XLA.
+The statistics are plain [n] vectors, or with `lane_dense` (TPU) [n, 128] slabs
+(jaxlab.kernels.tiles.put_rows).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jaxlab.kernels.dispatch import compiler_params
+from jaxlab.kernels.tiles import LANES, get_rows, put_rows
 
 
 def _normalize(h, kind: str, eps: float):
@@ -24,7 +27,8 @@ def _normalize(h, kind: str, eps: float):
     return centered * rstd, mean, rstd
 
 
-def _forward_kernel(*refs, kind: str, eps: float, has_residual: bool, has_bias: bool):
+def _forward_kernel(*refs, kind: str, eps: float, has_residual: bool, has_bias: bool,
+                    lane_dense: bool):
     refs = list(refs)
     x_ref = refs.pop(0)
     r_ref = refs.pop(0) if has_residual else None
@@ -42,15 +46,15 @@ def _forward_kernel(*refs, kind: str, eps: float, has_residual: bool, has_bias: 
     if has_bias:
         y = y + b_ref[...].astype(jnp.float32)[None, :]
     y_ref[...] = y.astype(y_ref.dtype)
-    mean_ref[...] = mean[:, 0]
-    rstd_ref[...] = rstd[:, 0]
+    put_rows(mean_ref, mean, lane_dense)
+    put_rows(rstd_ref, rstd, lane_dense)
 
 
 def _backward_kernel(h_ref, dy_ref, dh_ref, w_ref, mean_ref, rstd_ref, dx_ref, dw_ref, db_ref, *,
-                     kind: str):
+                     kind: str, lane_dense: bool):
     h = h_ref[...].astype(jnp.float32)
-    rstd = rstd_ref[...][:, None]
-    xhat = (h - mean_ref[...][:, None]) * rstd
+    rstd = get_rows(rstd_ref, lane_dense)
+    xhat = (h - get_rows(mean_ref, lane_dense)) * rstd
     dy = dy_ref[...].astype(jnp.float32)
     dxhat = dy * w_ref[...].astype(jnp.float32)[None, :]
     inner = dxhat - xhat * jnp.mean(dxhat * xhat, axis=1, keepdims=True)
@@ -69,12 +73,31 @@ def _vector_spec(d: int):
     return pl.BlockSpec((d,), lambda i: (0,))
 
 
-def _stat_spec(block_rows: int):
+def _stat_spec(block_rows: int, lane_dense: bool):
+    if lane_dense:
+        return pl.BlockSpec((block_rows, LANES), lambda i: (i, 0))
     return pl.BlockSpec((block_rows,), lambda i: (i,))
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "eps", "block_rows", "interpret"))
-def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int, interpret: bool):
+def _stat_shape(n: int, lane_dense: bool):
+    return jax.ShapeDtypeStruct((n, LANES) if lane_dense else (n,), jnp.float32)
+
+
+def _partial_spec(d: int):
+    # One [1, d] partial sum per block: a block whose last two dims are the array's own
+    # (1, d) is valid for Mosaic's (8, 128) tiling whatever the number of blocks.
+    return pl.BlockSpec((None, 1, d), lambda i: (i, 0, 0))
+
+
+def _params(interpret: bool):
+    # Each program owns its rows and writes its own partial sums: the row axis is parallel.
+    return None if interpret else compiler_params(dimension_semantics=("parallel",))
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "eps", "block_rows", "interpret",
+                                             "lane_dense"))
+def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int, interpret: bool,
+            lane_dense: bool = False):
     """x, residual [n, d] with n a multiple of block_rows -> (y, h or None, mean, rstd)."""
     n, d = x.shape
     has_residual, has_bias = residual is not None, bias is not None
@@ -83,33 +106,35 @@ def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int,
                 + ([_vector_spec(d)] if has_bias else []))
     out_shape = ([jax.ShapeDtypeStruct((n, d), x.dtype)]
                  + ([jax.ShapeDtypeStruct((n, d), x.dtype)] if has_residual else [])
-                 + [jax.ShapeDtypeStruct((n,), jnp.float32)] * 2)
-    out_specs = [_row_spec(block_rows, d)] * (1 + has_residual) + [_stat_spec(block_rows)] * 2
+                 + [_stat_shape(n, lane_dense)] * 2)
+    out_specs = ([_row_spec(block_rows, d)] * (1 + has_residual)
+                 + [_stat_spec(block_rows, lane_dense)] * 2)
     kernel = functools.partial(_forward_kernel, kind=kind, eps=eps, has_residual=has_residual,
-                               has_bias=has_bias)
+                               has_bias=has_bias, lane_dense=lane_dense)
     outs = pl.pallas_call(kernel, out_shape=out_shape, grid=(n // block_rows,),
                           in_specs=in_specs, out_specs=out_specs, interpret=interpret,
-                          compiler_params=None if interpret else compiler_params(),
+                          compiler_params=_params(interpret),
                           name=f"fused_{kind}_norm_fwd")(*inputs)
     y, rest = outs[0], list(outs[1:])
     h = rest.pop(0) if has_residual else None
     return y, h, rest[0], rest[1]
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "block_rows", "interpret"))
-def backward(h, dy, dh, scale, mean, rstd, *, kind: str, block_rows: int, interpret: bool):
+@functools.partial(jax.jit, static_argnames=("kind", "block_rows", "interpret", "lane_dense"))
+def backward(h, dy, dh, scale, mean, rstd, *, kind: str, block_rows: int, interpret: bool,
+             lane_dense: bool = False):
     """-> (dx, dscale, dbias); dx is also the residual's gradient, since h = x + residual."""
     n, d = h.shape
     blocks = n // block_rows
     dx, dw, db = pl.pallas_call(
-        functools.partial(_backward_kernel, kind=kind),
+        functools.partial(_backward_kernel, kind=kind, lane_dense=lane_dense),
         out_shape=[jax.ShapeDtypeStruct((n, d), h.dtype),
-                   jax.ShapeDtypeStruct((blocks, d), jnp.float32),
-                   jax.ShapeDtypeStruct((blocks, d), jnp.float32)],
+                   jax.ShapeDtypeStruct((blocks, 1, d), jnp.float32),
+                   jax.ShapeDtypeStruct((blocks, 1, d), jnp.float32)],
         grid=(blocks,),
-        in_specs=[_row_spec(block_rows, d)] * 3 + [_vector_spec(d)] + [_stat_spec(block_rows)] * 2,
-        out_specs=[_row_spec(block_rows, d), pl.BlockSpec((1, d), lambda i: (i, 0)),
-                   pl.BlockSpec((1, d), lambda i: (i, 0))],
-        interpret=interpret, compiler_params=None if interpret else compiler_params(),
+        in_specs=([_row_spec(block_rows, d)] * 3 + [_vector_spec(d)]
+                  + [_stat_spec(block_rows, lane_dense)] * 2),
+        out_specs=[_row_spec(block_rows, d), _partial_spec(d), _partial_spec(d)],
+        interpret=interpret, compiler_params=_params(interpret),
         name=f"fused_{kind}_norm_bwd")(h, dy, dh, scale, mean, rstd)
-    return dx, dw.sum(0), db.sum(0)
+    return dx, dw.sum((0, 1)), db.sum((0, 1))

@@ -11,26 +11,56 @@ from jaxlab.kernels import dispatch
 from jaxlab.kernels.norm_attention import pallas
 from jaxlab.kernels.norm_attention.reference import (NORMALIZERS, QK_NORMS,
                                                      fused_norm_attention_reference)
+from jaxlab.kernels.tiles import LANES, lane_slab
 
 OP = "fused_norm_attention"
 
 
+# Mosaic's tiles are 8 sublanes × 128 lanes: keys run along the lanes of a score tile, so a
+# TPU key block is a multiple of 128 and a query block a multiple of 8. 128 is TPU flash
+# attention's smallest block; larger ones may be faster, but that was never measured.
+TPU_BLOCK = 128
+
+
 def block_for(length: int, largest: int = 64) -> int:
-    """A power of two ≥ 16 (Triton's smallest dot), at most `largest`, near the length."""
+    """A power of two ≥ 16 (Triton's smallest dot), at most `largest`, near the length; on
+    TPU always TPU_BLOCK."""
+    if dispatch.backend() == "tpu":
+        return TPU_BLOCK
     block = 16
     while block < min(length, largest):
         block *= 2
     return block
 
 
-def unsupported(head_dim: int) -> str | None:
-    """Why the Pallas kernel cannot take this head dim on this backend, or None if it can."""
+def unsupported(head_dim: int, block_q: int = 16, block_k: int = 16, q_len: int = 1,
+                k_len: int = 1, itemsize: int = 4) -> str | None:
+    """Why the Pallas kernel cannot take these sizes on this backend, or None if it can."""
     backend = dispatch.backend()
     if backend == "gpu" and (head_dim & (head_dim - 1) or head_dim < 16):
         return f"the Triton kernel needs a power-of-two head dim ≥ 16, got {head_dim}"
     if backend == "tpu":
-        return "the kernel is written for the Triton lowering and not validated on TPU"
+        if block_q % 8 or block_k % 128:
+            return (f"the TPU kernel needs block_q a multiple of 8 and block_k a multiple of "
+                    f"128, got {block_q} and {block_k}")
+        return dispatch.over_vmem("whole key/value or query sequences",
+                                  _tpu_vmem_bytes(head_dim, block_q, block_k, q_len, k_len,
+                                                  itemsize))
     return None
+
+
+def _tpu_vmem_bytes(d: int, block_q: int, block_k: int, q_len: int, k_len: int,
+                    itemsize: int) -> int:
+    """About the VMEM the largest of the three kernels holds: the whole key/value (forward, dQ)
+    or query/d out (dK/dV) sequence with its per-row values, tiles, double buffering and the
+    float32 score tiles and accumulators."""
+    tq, tk = _padded(q_len, block_q), _padded(k_len, block_k)
+    slab = LANES * 4  # a lane-dense float32 per-row value
+    whole = max(tk * (2 * d * itemsize + 2 * 8 * 4),   # k, v; key mask and ids, 8 sublanes
+                tq * (2 * d * itemsize + 4 * slab))    # q, d out; ids, factor, statistic, δ
+    tiles = (block_q + block_k) * (3 * d * itemsize + 4 * slab)
+    scratch = 4 * block_q * block_k * 4 + 4 * max(block_q, block_k) * d * 4
+    return 2 * (whole + tiles) + scratch
 
 
 def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, *,
@@ -51,7 +81,8 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     keys it sees (LSSA's scale: with qk_norm="rms", sm_scale=1/d and normalizer="softplus" this
     is LSSA without re-weighting; not with segment_ids). Rows that see no key return 0.
     impl: see jaxlab.kernels. block_q, block_k, num_warps and num_stages tune the GPU kernel
-    (defaults: blocks of up to 64, 4 warps up to head dim 64 and 8 above, 2 stages).
+    (defaults: blocks of up to 64, 4 warps up to head dim 64 and 8 above, 2 stages); on TPU
+    the blocks default to 128 and must be multiples of 8 (queries) and 128 (keys).
     """
     if normalizer not in NORMALIZERS:
         raise ConfigError(f"normalizer {normalizer!r} is unknown; valid: {', '.join(NORMALIZERS)}")
@@ -61,8 +92,10 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     s_len, h_kv = k.shape[1], k.shape[2]
     if h % h_kv:
         raise ConfigError(f"query heads {h} must be a multiple of key/value heads {h_kv}")
+    block_q, block_k = block_q or block_for(t), block_k or block_for(s_len)
     try:
-        path = dispatch.resolve(OP, impl, unsupported(d))
+        path = dispatch.resolve(OP, impl, unsupported(d, block_q, block_k, t, s_len,
+                                                      q.dtype.itemsize))
     except dispatch.Unsupported as error:
         raise ConfigError(str(error)) from None
     segments = _segment_pair(segment_ids, b, t, s_len)
@@ -74,12 +107,13 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
             q, k, v, q_scale, k_scale, key_mask_bs, qk_norm=qk_norm, normalizer=normalizer,
             causal=causal, sm_scale=sm_scale, eps=eps, segment_ids=segments,
             length_scale=length_scale)
-    g = pallas.Geometry(block_q=block_q or block_for(t), block_k=block_k or block_for(s_len),
+    g = pallas.Geometry(block_q=block_q, block_k=block_k,
                         q_len=t, k_len=s_len, group=h // h_kv, causal=causal,
                         normalizer=normalizer, qk_norm=qk_norm,
                         sm_scale=float(d ** -0.5 if sm_scale is None else sm_scale), eps=eps,
                         segmented=segments is not None, length_scaled=length_scale,
-                        num_warps=num_warps, num_stages=num_stages)
+                        num_warps=num_warps, num_stages=num_stages,
+                        lane_dense=dispatch.lane_dense())
     ones = jnp.ones((d,), jnp.float32)
     keys = jnp.ones((b, s_len)) if key_mask_bs is None else key_mask_bs
     q_ids, k_ids = segments or (jnp.zeros((b, t)), jnp.zeros((b, s_len)))
@@ -88,11 +122,24 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     # can hand back ordinary zero cotangents for them.
     rows = lambda x, block: jnp.pad(x.astype(jnp.float32),
                                     ((0, 0), (0, _padded(x.shape[1], block) - x.shape[1])))
+    per_key = lambda x: _key_layout(rows(x, g.block_k), g)
+    per_query = lambda x: _query_layout(rows(x, g.block_q), g)
     return _attention(q, k, v, ones if q_scale is None else q_scale,
                       ones if k_scale is None else k_scale,
-                      (rows(keys, g.block_k), rows(q_ids, g.block_q), rows(k_ids, g.block_k),
-                       rows(row_scale, g.block_q)),
+                      (per_key(keys), per_query(q_ids), per_key(k_ids), per_query(row_scale)),
                       g, path == "interpret")
+
+
+def _key_layout(x_bs, g):
+    """Padded per-key values [b, s] as the kernels read them: on TPU [b, key blocks, 1, block_k],
+    a row of lanes per key block (see pallas.py)."""
+    b, s_len = x_bs.shape
+    return x_bs.reshape(b, s_len // g.block_k, 1, g.block_k) if g.lane_dense else x_bs
+
+
+def _query_layout(x_bt, g):
+    """Padded per-query values [b, t]; on TPU a lane-dense [b, t, 128] slab."""
+    return lane_slab(x_bt) if g.lane_dense else x_bt
 
 
 def _length_scales(keys_bs, head_dim: int, t: int, causal: bool):
