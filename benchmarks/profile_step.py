@@ -77,14 +77,13 @@ def frame_sources(tables: dict[str, dict[int, str]], repo: str) -> dict[int, str
     return out
 
 
-def instruction_frames(hlo: str) -> dict[str, tuple[int | None, str]]:
-    """instruction name -> (stack_frame_id, result shape) for every instruction in the text."""
+def instruction_frames(hlo: str) -> dict[str, int]:
+    """instruction name -> stack_frame_id, for every instruction in the text that has one."""
     out = {}
     for line in hlo.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ", line)
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ .*stack_frame_id=(\d+)", line)
         if m:
-            frame = re.search(r"stack_frame_id=(\d+)", line)
-            out[m.group(1)] = (int(frame.group(1)) if frame else None, m.group(2))
+            out[m.group(1)] = int(m.group(2))
     return out
 
 
@@ -124,7 +123,7 @@ def main():
     frames = instruction_frames(hlo)
     by_source, kinds = collections.Counter(), collections.Counter()
     for name, ms in times.items():
-        frame, _ = frames.get(name, (None, ""))
+        frame = frames.get(name)
         library = name.startswith(LIBRARY_KERNELS)
         kinds["library dots" if library else "XLA-emitted loops"] += ms
         by_source[(sources.get(frame, "(no source)"), library)] += ms
