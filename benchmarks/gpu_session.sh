@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks of the kernels and training issues in one run on one GPU: parity of the
-# compiled Pallas kernels with the XLA references, the MFU table, then the kernel benchmark.
+# compiled Pallas kernels with the XLA references, the kernel benchmark (a launch sweep, then
+# the TFLOP/s table with the sweep's best settings, the norm GB/s, the linear crossover), and
+# the MFU table.
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR]      # logs land in OUT_DIR (default gpu_results)
 #
-# Each part has its own time limit (PARITY_S, MFU_S, KERNELS_S seconds) so one slow part
-# cannot starve the next; extra arguments for the parts: PARITY_ARGS, MFU_ARGS, KERNELS_ARGS.
+# Each part has its own time limit in seconds (PARITY_S, ATTENTION_S, NORM_S, LINEAR_S, MFU_S;
+# 0 skips a part) so one slow part cannot starve the next; extra arguments: PARITY_ARGS,
+# KERNELS_ARGS (every kernels.py part), MFU_ARGS.
 set -u
 out=${1:-gpu_results}
 mkdir -p "$out"
@@ -15,14 +18,21 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
   python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 } 2>&1 | tee "$out/device.txt"
 
+part() {  # part NAME SECONDS COMMAND...: run unless SECONDS is 0, log to OUT/NAME.txt
+  local name=$1 seconds=$2; shift 2
+  [ "$seconds" = 0 ] && return
+  echo "== $name (limit ${seconds}s)"
+  timeout "$seconds" "$@" 2>&1 | tee "$out/$name.txt"
+  echo "$name exit ${PIPESTATUS[0]}"
+}
+
 echo "== parity: compiled kernels vs XLA references (fp32 at full precision, bf16)"
 JAX_PLATFORMS=cuda JAXLAB_TEST_KERNELS=pallas JAX_DEFAULT_MATMUL_PRECISION=highest \
   timeout "${PARITY_S:-150}" python -m pytest -q -p no:cacheprovider -n 8 ${PARITY_ARGS:-} \
   tests/kernels > "$out/parity.txt" 2>&1
 echo "parity exit $?"; tail -25 "$out/parity.txt"
 
-echo "== MFU"
-timeout "${MFU_S:-170}" python benchmarks/mfu.py ${MFU_ARGS:-} 2>&1 | tee "$out/mfu.txt"
-
-echo "== kernels"
-timeout "${KERNELS_S:-200}" python benchmarks/kernels.py ${KERNELS_ARGS:-} 2>&1 | tee "$out/kernels.txt"
+part attention "${ATTENTION_S:-300}" python benchmarks/kernels.py --parts blocks,attention ${KERNELS_ARGS:-}
+part norm "${NORM_S:-80}" python benchmarks/kernels.py --parts norm,normsweep ${KERNELS_ARGS:-}
+part linear "${LINEAR_S:-60}" python benchmarks/kernels.py --parts linear ${KERNELS_ARGS:-}
+part mfu "${MFU_S:-0}" python benchmarks/mfu.py ${MFU_ARGS:-}

@@ -10,24 +10,26 @@ for causal attention. Norm bandwidth counts one read and one write of x (plus th
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
-from benchmarks.timing import interleaved  # noqa: E402
+from benchmarks import timing  # noqa: E402
 from jaxlab.kernels.fused_norm import fused_norm  # noqa: E402
+from jaxlab.kernels.fused_norm.api import block_rows_for  # noqa: E402
 from jaxlab.kernels.linear_attention import chunked_linear_attention  # noqa: E402
 from jaxlab.kernels.norm_attention import fused_norm_attention  # noqa: E402
 from jaxlab.kernels.norm_attention.reference import head_norm  # noqa: E402
 
 
-def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True):
+def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, tiles=None):
+    """tiles: keyword arguments of fused_norm_attention that set the Pallas launch (blocks,
+    warps, stages), e.g. the sweep's best; None for the defaults."""
     def ours(q, k, v):
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
-                                    impl=kernel_impl)
+                                    impl=kernel_impl, **(tiles or {}))
 
     def xla(q, k, v):
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal, impl="xla")
@@ -43,24 +45,62 @@ def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True):
     return candidates
 
 
-def bench_blocks(t, d, dtype, rounds, settings):
-    """fwd+bwd TFLOP/s of the Pallas kernel per (block_q, block_k, num_warps, num_stages)."""
+CALLS = 1  # calls per timing sample (--calls)
+
+
+def interleaved(candidates, rounds):
+    return timing.interleaved(candidates, rounds, calls=CALLS)
+
+
+SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3),
+         (128, 32, 4, 3), (64, 128, 4, 2), (128, 128, 8, 2)]
+
+
+def launch(setting, backward=None):
+    """fused_norm_attention's keyword arguments for a (block_q, block_k, warps, stages) setting,
+    and another for the backward kernels."""
+    bq, bk, warps, stages = setting
+    return dict(block_q=bq, block_k=bk, num_warps=warps, num_stages=stages,
+                backward_tiles=tuple(backward or setting))
+
+
+def bench_blocks(t, d, dtype, kernel_impl, rounds, settings):
+    """{setting: (fwd, bwd, fwd+bwd) TFLOP/s or a failure} of the Pallas kernel per (block_q,
+    block_k, num_warps, num_stages), the same setting in both passes; and the best forward
+    and best backward setting."""
     b, h = max(1, 16384 // t), 16 if d == 64 else 8
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
-    flops = 3.5 * 4 * b * h * t * t * d / 2
+    flops_fwd = 4 * b * h * t * t * d / 2
+    attend = lambda impl, **kw: (lambda q, k, v: fused_norm_attention(
+        q, k, v, scale, scale, qk_norm="rms", causal=True, impl=impl, **kw))
+    want = jax.jit(attend("xla"))(q, k, v), fwd_bwd(attend("xla"))(q, k, v)
     results = {}
-    for bq, bk, warps, stages in settings:
-        g = fwd_bwd(lambda q, k, v: fused_norm_attention(
-            q, k, v, scale, scale, qk_norm="rms", causal=True, impl="pallas", block_q=bq,
-            block_k=bk, num_warps=warps, num_stages=stages))
+    for setting in settings:
+        fn = attend(kernel_impl, **launch(setting))
+        f, g = jax.jit(fn), fwd_bwd(fn)
         try:
-            results[(bq, bk, warps, stages)] = flops / interleaved(
-                {"g": lambda: g(q, k, v)}, rounds)["g"] / 1e12
+            times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)},
+                                rounds)
         except Exception as error:  # e.g. a tile too large for shared memory
-            results[(bq, bk, warps, stages)] = f"failed: {str(error).splitlines()[0][:100]}"
-    return results
+            results[setting] = f"failed: {str(error).splitlines()[0][:100]}"
+            continue
+        bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
+        results[setting] = (flops_fwd / times["fwd"] / 1e12, 2.5 * flops_fwd / bwd / 1e12,
+                            3.5 * flops_fwd / times["fwd+bwd"] / 1e12,
+                            relative_error((f(q, k, v), g(q, k, v)), want))
+    # only settings whose values and gradients match the XLA path to bf16's tolerance
+    measured = {s: r for s, r in results.items() if not isinstance(r, str) and r[3] < 2e-2}
+    best = lambda part: max(measured, key=lambda s: measured[s][part]) if measured else None
+    return results, best(0), best(1)
+
+
+def relative_error(got, want) -> float:
+    """The largest over outputs of max |got − want| / max |want| (values, then gradients)."""
+    return max(float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max()
+                     / jnp.abs(b.astype(jnp.float32)).max())
+               for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
 
 
 def fwd_bwd(fn):
@@ -68,13 +108,20 @@ def fwd_bwd(fn):
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def bench_attention(b, h, t, d, dtype, kernel_impl, rounds):
+def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None):
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
     flops_fwd = 4 * b * h * t * t * d / 2  # causal
     rows = []
-    for name, fn in attention_candidates(q, k, v, scale, kernel_impl).items():
+    logits_gib = 4 * b * h * t * t / 2 ** 30
+    results = {}
+    for name, fn in attention_candidates(q, k, v, scale, kernel_impl, tiles=tiles).items():
+        # On an 80 GB H100 the all-XLA fwd+bwd ran out of memory from 8 GiB of logits on
+        # (it asked for 34 GiB), after spending the part's time compiling: skip it there.
+        if name == "xla" and logits_gib >= 8:
+            rows.append((name, f"skipped: its float32 logits alone take {logits_gib:.0f} GiB"))
+            continue
         f = jax.jit(fn)
         g = fwd_bwd(fn)
         try:
@@ -86,20 +133,48 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds):
         bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
         rows.append((name, flops_fwd / times["fwd"] / 1e12, 2.5 * flops_fwd / bwd / 1e12,
                      3.5 * flops_fwd / times["fwd+bwd"] / 1e12))
+        results[name] = f(q, k, v), g(q, k, v)
+    if "pallas" in results and "xla" in results:
+        error = relative_error(results["pallas"], results["xla"])
+        rows.append(("pallas vs xla", f"relative error {error:.1e} (values and gradients)"))
     return rows
 
 
-def bench_norm(n, d, dtype, kernel_impl, rounds):
+NORM_SWEEP = [(rows_factor, warps) for rows_factor in (0.5, 1) for warps in (4, 8)]
+
+
+def bench_norm(n, d, dtype, kernel_impl, rounds, sweep=False):
+    """GB/s of the fused RMSNorm + residual, forward and forward+backward, for the Pallas
+    kernel (default launch, and with `sweep` the best of NORM_SWEEP's rows × warps), the
+    jitted reference and a copy of x."""
     x = jax.random.normal(jax.random.key(1), (n, d), dtype)
     r = jax.random.normal(jax.random.key(2), (n, d), dtype)
     w = jnp.ones((d,), jnp.float32)
-    ours = jax.jit(functools.partial(fused_norm, kind="rms", impl=kernel_impl))
-    ref = jax.jit(functools.partial(fused_norm, kind="rms", impl="xla"))
-    copy = jax.jit(lambda x: x * 1)
-    times = interleaved({"pallas": lambda: ours(x, w, None, r), "xla": lambda: ref(x, w, None, r),
-                         "copy": lambda: copy(x)}, rounds)
-    moved = {"pallas": 4 * x.nbytes, "xla": 4 * x.nbytes, "copy": 2 * x.nbytes}  # x, r in; y, h out
-    return {name: moved[name] / t / 1e9 for name, t in times.items()}
+    dy = jax.random.normal(jax.random.key(3), (n, d), dtype)
+
+    def passes(**kw):
+        fwd = jax.jit(lambda x, r: fused_norm(x, w, None, r, kind="rms", **kw))
+        both = jax.jit(lambda x, r: jax.vjp(lambda x, r: fused_norm(x, w, None, r, kind="rms",
+                                                                    **kw), x, r)[1]((dy, dy)))
+        return (lambda: fwd(x, r)), (lambda: both(x, r))
+
+    launches = {"pallas": {}}
+    if sweep:
+        default = block_rows_for(n, d)
+        launches.update({f"pallas rows={max(1, int(default * f))} warps={warps}":
+                         dict(block_rows=max(1, int(default * f)), num_warps=warps)
+                         for f, warps in NORM_SWEEP})
+    candidates = {}
+    for name, kw in {**launches, "xla": {}}.items():
+        fwd, both = passes(impl="xla" if name == "xla" else kernel_impl, **kw)
+        candidates[name], candidates[name + " fwd+bwd"] = fwd, both
+    copy = jax.jit(lambda x: x + jnp.asarray(1, x.dtype))
+    candidates["copy"] = lambda: copy(x)
+    times = interleaved(candidates, rounds)
+    # forward: x, r in; y, h out. backward: h, dy, dh in; dx out (dscale's partials are small)
+    moved = lambda name: (2 * x.nbytes if name == "copy" else
+                          8 * x.nbytes if name.endswith("fwd+bwd") else 4 * x.nbytes)
+    return {name: moved(name) / t / 1e9 for name, t in times.items()}
 
 
 def bench_linear(b, h, t, d, dtype, kernel_impl, rounds):
@@ -116,10 +191,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, interpreted kernels")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=10,
+                        help="calls per timing sample, dispatched back to back")
     parser.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     parser.add_argument("--head-dims", default="64,128")
-    parser.add_argument("--parts", default="attention,norm,linear")
+    parser.add_argument("--parts", default="attention,norm,linear",
+                        help="any of blocks (a launch sweep of norm-attention, whose best "
+                             "settings the attention table then uses), attention, norm, "
+                             "normsweep (norm with a rows × warps sweep), linear")
     args = parser.parse_args()
+    global CALLS
+    CALLS = 1 if args.smoke else args.calls
     impl = "interpret" if args.smoke else "pallas"
     lengths = [64] if args.smoke else [int(x) for x in args.lengths.split(",")]
     head_dims = [16] if args.smoke else [int(x) for x in args.head_dims.split(",")]
@@ -127,27 +209,41 @@ def main():
     rounds = 2 if args.smoke else args.rounds
     print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}  dtype {jnp.dtype(dtype).name}")
     parts = args.parts.split(",")
+    tuned = {}  # head dim -> launch keywords: the sweep's best forward and backward settings
     if "blocks" in parts:
-        print("\nPallas norm-attention fwd+bwd TFLOP/s by (block_q, block_k, warps, stages), T=4096")
-        sweep = [(64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3),
-                 (128, 128, 8, 2), (64, 128, 4, 2)]
+        sweep_t = 64 if args.smoke else 4096
+        print(f"\nPallas norm-attention TFLOP/s (fwd / bwd / fwd+bwd) by (block_q, block_k, "
+              f"warps, stages) in both passes, T={sweep_t}")
         for d in head_dims:
-            for setting, rate in bench_blocks(4096, d, dtype, rounds, sweep).items():
-                print(f"  d={d:4d} {setting}: {rate if isinstance(rate, str) else f'{rate:.1f}'}",
-                      flush=True)
-    print("\nfused norm-attention (rms qk-norm, causal), TFLOP/s: fwd / bwd / fwd+bwd")
+            results, best_fwd, best_bwd = bench_blocks(
+                sweep_t, d, dtype, impl, rounds, [(16, 16, 4, 2)] if args.smoke else SWEEP)
+            for setting, rates in results.items():
+                cells = rates if isinstance(rates, str) else (
+                    " ".join(f"{r:8.1f}" for r in rates[:3]) + f"   error {rates[3]:.1e}")
+                print(f"  d={d:4d} {str(setting):18s} {cells}", flush=True)
+            if best_fwd:
+                tuned[d] = launch(best_fwd, best_bwd)
+                print(f"  d={d:4d} best forward {best_fwd}, best backward {best_bwd}")
+    print("\nfused norm-attention (rms qk-norm, causal), TFLOP/s: fwd / bwd / fwd+bwd"
+          + ("; pallas with the sweep's best settings" if tuned else ""))
     for d in (head_dims if "attention" in parts else []):
         for t in lengths:
             b, h = (1, 2) if args.smoke else (max(1, 16384 // t), 16 if d == 64 else 8)
-            for name, *rates in bench_attention(b, h, t, d, dtype, impl, rounds):
+            for name, *rates in bench_attention(b, h, t, d, dtype, impl, rounds, tuned.get(d)):
                 cells = " ".join(f"{r:8.1f}" for r in rates) if len(rates) == 3 else rates[0]
                 print(f"  d={d:4d} T={t:6d} {name:15s} {cells}", flush=True)
-    print("\nfused RMSNorm + residual, GB/s")
-    norm_shapes = [(64, 32)] if args.smoke else [(16384, 1024), (16384, 4096), (65536, 2048)]
+    print("\nfused RMSNorm + residual, GB/s (forward: x, r in, y, h out; backward: h, dy, dh in,"
+          " dx out); the copy reads and writes x")
+    norm_shapes = [(64, 32)] if args.smoke else [(16384, 1024), (65536, 2048), (65536, 4096)]
     for n, d in (norm_shapes if "norm" in parts else []):
-        rates = bench_norm(n, d, dtype, impl, rounds)
-        print(f"  {n}x{d}: " + "  ".join(f"{k} {v:.0f}" for k, v in rates.items())
-              + f"  (pallas at {100 * rates['pallas'] / rates['copy']:.0f}% of copy)")
+        rates = bench_norm(n, d, dtype, impl, rounds, sweep="normsweep" in parts)
+        print(f"  {n}x{d}: copy {rates['copy']:.0f}")
+        for part in ("fwd", "fwd+bwd"):
+            chosen = {name: rate for name, rate in rates.items() if name != "copy"
+                      and name.endswith("fwd+bwd") == (part == "fwd+bwd")}
+            for name, rate in sorted(chosen.items(), key=lambda kv: -kv[1]):
+                print(f"    {part:8s} {name.removesuffix(' fwd+bwd'):28s} {rate:7.0f}  "
+                      f"({100 * rate / rates['copy']:.0f}% of copy)")
     print("\nchunked linear attention fwd+bwd speed-up over softmax attention")
     for t in (lengths if "linear" in parts else []):
         print(f"  T={t:6d}: {bench_linear(1, 2 if args.smoke else 16, t, 16 if args.smoke else 64, dtype, impl, rounds):.2f}x")

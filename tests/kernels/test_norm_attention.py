@@ -127,3 +127,50 @@ def test_length_scaled_softplus_is_lssa(causal):
         q, k, v, key_mask_bs=mask, qk_norm="rms", normalizer="softplus", sm_scale=1 / 16,
         causal=causal, length_scale=True, impl=impl, block_q=16, block_k=16))
     assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v), jnp.float32)
+
+
+@pytest.mark.parametrize("normalizer", ["softmax", "softplus"])
+@pytest.mark.parametrize("t,s,causal,backward_tiles", [
+    (64, 64, True, None),                 # no mask: tiles left of the diagonal go unmasked
+    (32, 64, True, (32, 16, None, 2)),    # keys ahead of queries; backward blocks of its own
+    (48, 48, False, (16, 16, None, 3)),   # no mask at all; padding to the larger query block
+    (40, 40, True, (32, 32, None, 2)),    # key padding: every tile masked
+])
+def test_unmasked_tiles_and_backward_tiles(normalizer, t, s, causal, backward_tiles):
+    keys = jax.random.split(jax.random.key(t + s), 5)
+    q = 2 * jax.random.normal(keys[0], (1, t, 2, 16))
+    k = 2 * jax.random.normal(keys[1], (1, s, 1, 16))
+    v = jax.random.normal(keys[2], (1, s, 1, 16))
+    q_scale, k_scale = (1 + 0.1 * jax.random.normal(kk, (16,)) for kk in keys[3:])
+    call = lambda impl: (lambda q, k, v, a, b: fused_norm_attention(
+        q, k, v, a, b, qk_norm="rms", normalizer=normalizer, causal=causal, impl=impl,
+        block_q=16, block_k=16, backward_tiles=backward_tiles))
+    assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v, q_scale, k_scale),
+                             jnp.float32)
+
+
+def test_backward_blocks_must_nest():
+    q = jnp.ones((1, 32, 1, 16))
+    with pytest.raises(ConfigError, match="backward block_q 24 and the forward's 16"):
+        fused_norm_attention(q, q, q, impl="interpret", block_q=16, block_k=16,
+                             backward_tiles=(24, 16, None, 2))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_default_launch_matches_reference(dtype):
+    """No launch arguments: on a GPU this runs the measured GPU_TILES (128-row blocks), which
+    the small-block tests above do not reach; interpreted, the default blocks of up to 64."""
+    keys = jax.random.split(jax.random.key(11), 3)
+    q, k, v = (jax.random.normal(kk, (1, 200, 2, 64)).astype(dtype) for kk in keys)
+    call = lambda impl: (lambda q, k, v: fused_norm_attention(q, k, v, qk_norm="rms",
+                                                              causal=True, impl=impl))
+    assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v), dtype)
+
+
+def test_gpu_tiles_follow_the_head_dim_and_shrink_to_the_sequence():
+    from jaxlab.kernels.norm_attention.api import GPU_TILES, gpu_tiles
+    assert gpu_tiles(64, 4096, 4096) == GPU_TILES[64]
+    assert gpu_tiles(32, 4096, 4096) == GPU_TILES[64]
+    assert gpu_tiles(128, 4096, 4096) == GPU_TILES[128]
+    assert gpu_tiles(128, 40, 100) == ((64, 128, 8, 2), (64, 64, 4, 2))
+    assert gpu_tiles(256, 4096, 4096)[0][:2] == (64, 64)

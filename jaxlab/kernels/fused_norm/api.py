@@ -39,11 +39,12 @@ def unsupported(d: int, itemsize: int = 4) -> str | None:
 
 
 def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: float = 1e-6,
-               impl: str = "auto"):
+               impl: str = "auto", block_rows: int | None = None, num_warps: int = 4):
     """norm(x + residual) · scale + bias over the last axis; returns y, or (y, x + residual).
 
     kind "rms" (RMSNorm, bias allowed but unusual) or "layer" (LayerNorm). Statistics run in
-    float32; y and h keep x's dtype. impl: see jaxlab.kernels.
+    float32; y and h keep x's dtype. impl: see jaxlab.kernels. block_rows (rows per program, a
+    power of two; default about 64 KiB of float32) and num_warps tune the GPU kernel.
     """
     if kind not in KINDS:
         raise ConfigError(f"fused_norm kind {kind!r} is unknown; valid: {', '.join(KINDS)}")
@@ -51,14 +52,18 @@ def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: fl
         path = dispatch.resolve(OP, impl, unsupported(x.shape[-1], x.dtype.itemsize))
     except dispatch.Unsupported as error:
         raise ConfigError(str(error)) from None
+    if block_rows is not None and (block_rows < 1 or block_rows & (block_rows - 1)):
+        raise ConfigError(f"block_rows must be a power of two, got {block_rows}")
     if path == "xla":
         return fused_norm_reference(x, scale, bias, residual, kind=kind, eps=eps)
-    return _fused(x, scale, bias, residual, kind, eps, path == "interpret")
+    n, d = _rows(x).shape
+    launch = (block_rows or block_rows_for(n, d), num_warps)
+    return _fused(x, scale, bias, residual, kind, eps, path == "interpret", launch)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _fused(x, scale, bias, residual, kind, eps, interpret):
-    return _fused_fwd(x, scale, bias, residual, kind, eps, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _fused(x, scale, bias, residual, kind, eps, interpret, launch):
+    return _fused_fwd(x, scale, bias, residual, kind, eps, interpret, launch)[0]
 
 
 def _rows(a) -> jax.Array:
@@ -70,14 +75,15 @@ def _pad_rows(a, n_pad: int) -> jax.Array:
     return jnp.pad(a, ((0, n_pad - a.shape[0]), (0, 0)))
 
 
-def _fused_fwd(x, scale, bias, residual, kind, eps, interpret):
+def _fused_fwd(x, scale, bias, residual, kind, eps, interpret, launch):
+    """launch: (rows per program, warps)."""
     n, d = _rows(x).shape
-    block = block_rows_for(n, d)
+    block, warps = launch
     n_pad = -(-n // block) * block
     y, h, mean, rstd = pallas.forward(
         _pad_rows(_rows(x), n_pad), scale, bias,
         None if residual is None else _pad_rows(_rows(residual), n_pad),
-        kind=kind, eps=eps, block_rows=block, interpret=interpret,
+        kind=kind, eps=eps, block_rows=block, num_warps=warps, interpret=interpret,
         lane_dense=dispatch.lane_dense())
     y_out = y[:n].reshape(x.shape)
     out = y_out if residual is None else (y_out, h[:n].reshape(x.shape))
@@ -86,14 +92,14 @@ def _fused_fwd(x, scale, bias, residual, kind, eps, interpret):
     return out, (saved_h, scale, mean, rstd, bias, residual)
 
 
-def _fused_bwd(kind, eps, interpret, saved, cotangent):
+def _fused_bwd(kind, eps, interpret, launch, saved, cotangent):
     h, scale, mean, rstd, bias, residual = saved
     dy, dh = cotangent if residual is not None else (cotangent, jnp.zeros_like(cotangent))
-    n, d = _rows(dy).shape
+    n = _rows(dy).shape[0]
     n_pad = h.shape[0]
     dx, dscale, dbias = pallas.backward(
         h, _pad_rows(_rows(dy), n_pad), _pad_rows(_rows(dh), n_pad), scale, mean, rstd,
-        kind=kind, block_rows=block_rows_for(n, d), interpret=interpret,
+        kind=kind, block_rows=launch[0], num_warps=launch[1], interpret=interpret,
         lane_dense=rstd.ndim == 2)  # the layout the forward chose
     dx = dx[:n].reshape(dy.shape)
     return (dx, dscale.astype(scale.dtype), None if bias is None else dbias.astype(bias.dtype),

@@ -89,15 +89,16 @@ def _partial_spec(d: int):
     return pl.BlockSpec((None, 1, d), lambda i: (i, 0, 0))
 
 
-def _params(interpret: bool):
+def _params(interpret: bool, num_warps: int):
     # Each program owns its rows and writes its own partial sums: the row axis is parallel.
-    return None if interpret else compiler_params(dimension_semantics=("parallel",))
+    return None if interpret else compiler_params(num_warps=num_warps,
+                                                  dimension_semantics=("parallel",))
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "eps", "block_rows", "interpret",
-                                             "lane_dense"))
+@functools.partial(jax.jit, static_argnames=("kind", "eps", "block_rows", "num_warps",
+                                             "interpret", "lane_dense"))
 def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int, interpret: bool,
-            lane_dense: bool = False):
+            lane_dense: bool = False, num_warps: int = 4):
     """x, residual [n, d] with n a multiple of block_rows -> (y, h or None, mean, rstd)."""
     n, d = x.shape
     has_residual, has_bias = residual is not None, bias is not None
@@ -113,16 +114,17 @@ def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int,
                                has_bias=has_bias, lane_dense=lane_dense)
     outs = pl.pallas_call(kernel, out_shape=out_shape, grid=(n // block_rows,),
                           in_specs=in_specs, out_specs=out_specs, interpret=interpret,
-                          compiler_params=_params(interpret),
+                          compiler_params=_params(interpret, num_warps),
                           name=f"fused_{kind}_norm_fwd")(*inputs)
     y, rest = outs[0], list(outs[1:])
     h = rest.pop(0) if has_residual else None
     return y, h, rest[0], rest[1]
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "block_rows", "interpret", "lane_dense"))
+@functools.partial(jax.jit, static_argnames=("kind", "block_rows", "num_warps", "interpret",
+                                             "lane_dense"))
 def backward(h, dy, dh, scale, mean, rstd, *, kind: str, block_rows: int, interpret: bool,
-             lane_dense: bool = False):
+             lane_dense: bool = False, num_warps: int = 4):
     """-> (dx, dscale, dbias); dx is also the residual's gradient, since h = x + residual."""
     n, d = h.shape
     blocks = n // block_rows
@@ -135,6 +137,6 @@ def backward(h, dy, dh, scale, mean, rstd, *, kind: str, block_rows: int, interp
         in_specs=([_row_spec(block_rows, d)] * 3 + [_vector_spec(d)]
                   + [_stat_spec(block_rows, lane_dense)] * 2),
         out_specs=[_row_spec(block_rows, d), _partial_spec(d), _partial_spec(d)],
-        interpret=interpret, compiler_params=_params(interpret),
+        interpret=interpret, compiler_params=_params(interpret, num_warps),
         name=f"fused_{kind}_norm_bwd")(h, dy, dh, scale, mean, rstd)
     return dx, dw.sum((0, 1)), db.sum((0, 1))

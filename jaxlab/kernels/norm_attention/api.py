@@ -1,6 +1,7 @@
 """fused_norm_attention(q, k, v, ...): the public op, with a custom VJP onto the Pallas kernels."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -20,6 +21,22 @@ OP = "fused_norm_attention"
 # TPU key block is a multiple of 128 and a query block a multiple of 8. 128 is TPU flash
 # attention's smallest block; larger ones may be faster, but that was never measured.
 TPU_BLOCK = 128
+
+
+# GPU launch settings (block_q, block_k, warps, stages) of the forward and of the backward
+# kernels by head dim, from the sweep on an H100 (benchmarks/RESULTS.md, bf16, causal, T=4096):
+# up to 64 both passes are fastest at 128 × 64 with 4 warps; at 128 the forward at 128 × 128
+# with 8 warps and the backward at 64 × 64 with 4. Blocks shrink to the sequence when shorter.
+GPU_TILES = {64: ((128, 64, 4, 2), (128, 64, 4, 2)),
+             128: ((128, 128, 8, 2), (64, 64, 4, 2))}
+WIDE_TILES = ((64, 64, 8, 2), (64, 64, 8, 2))  # head dims above 128: unmeasured, kept small
+
+
+def gpu_tiles(head_dim: int, q_len: int, k_len: int):
+    """Default (forward, backward) launch settings for the GPU kernels."""
+    tiles = next((t for d, t in sorted(GPU_TILES.items()) if head_dim <= d), WIDE_TILES)
+    return tuple((block_for(q_len, bq), block_for(k_len, bk), warps, stages)
+                 for bq, bk, warps, stages in tiles)
 
 
 def block_for(length: int, largest: int = 64) -> int:
@@ -69,7 +86,8 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
                          impl: str = "auto", block_q: int | None = None,
                          block_k: int | None = None, segment_ids=None,
                          num_warps: int | None = None, num_stages: int = 2,
-                         length_scale: bool = False):
+                         length_scale: bool = False,
+                         backward_tiles: tuple[int, int, int | None, int] | None = None):
     """Attention whose q and k are RMS/Layer-normalized over head_dim inside the kernel.
 
     q [b, t, h, d]; k, v [b, s, h_kv, d] (GQA when h_kv < h); q_scale, k_scale [d] (the norms'
@@ -80,8 +98,10 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     default d^-1/2). length_scale also multiplies row i's logits by log(d)·log(n_i), n_i the
     keys it sees (LSSA's scale: with qk_norm="rms", sm_scale=1/d and normalizer="softplus" this
     is LSSA without re-weighting; not with segment_ids). Rows that see no key return 0.
-    impl: see jaxlab.kernels. block_q, block_k, num_warps and num_stages tune the GPU kernel
-    (defaults: blocks of up to 64, 4 warps up to head dim 64 and 8 above, 2 stages); on TPU
+    impl: see jaxlab.kernels. block_q, block_k, num_warps and num_stages tune the GPU kernel;
+    backward_tiles = (block_q, block_k, num_warps, num_stages) tunes the two backward kernels
+    apart (default: the forward's). With none of the first three given, a GPU takes the
+    measured GPU_TILES for the head dim (both passes); elsewhere blocks are up to 64. On TPU
     the blocks default to 128 and must be multiples of 8 (queries) and 128 (keys).
     """
     if normalizer not in NORMALIZERS:
@@ -92,12 +112,22 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     s_len, h_kv = k.shape[1], k.shape[2]
     if h % h_kv:
         raise ConfigError(f"query heads {h} must be a multiple of key/value heads {h_kv}")
+    if dispatch.backend() == "gpu" and (block_q, block_k, num_warps) == (None, None, None):
+        (block_q, block_k, num_warps, num_stages), default_bwd = gpu_tiles(d, t, s_len)
+        backward_tiles = backward_tiles or default_bwd
     block_q, block_k = block_q or block_for(t), block_k or block_for(s_len)
+    bwd_q, bwd_k, bwd_warps, bwd_stages = backward_tiles or (block_q, block_k, num_warps,
+                                                             num_stages)
+    why = (unsupported(d, block_q, block_k, t, s_len, q.dtype.itemsize)
+           or unsupported(d, bwd_q, bwd_k, t, s_len, q.dtype.itemsize))
     try:
-        path = dispatch.resolve(OP, impl, unsupported(d, block_q, block_k, t, s_len,
-                                                      q.dtype.itemsize))
+        path = dispatch.resolve(OP, impl, why)
     except dispatch.Unsupported as error:
         raise ConfigError(str(error)) from None
+    for name, fwd, bwd in (("block_q", block_q, bwd_q), ("block_k", block_k, bwd_k)):
+        if max(fwd, bwd) % min(fwd, bwd):
+            raise ConfigError(f"the backward {name} {bwd} and the forward's {fwd} must divide "
+                              f"one another (time is padded to the larger)")
     segments = _segment_pair(segment_ids, b, t, s_len)
     if length_scale and segments is not None:
         raise ConfigError("length_scale with segment_ids is not supported: the kernel counts "
@@ -107,39 +137,42 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
             q, k, v, q_scale, k_scale, key_mask_bs, qk_norm=qk_norm, normalizer=normalizer,
             causal=causal, sm_scale=sm_scale, eps=eps, segment_ids=segments,
             length_scale=length_scale)
+    # The passes' blocks divide one another, so padding to the larger suits both.
+    pad_q, pad_k = max(block_q, bwd_q), max(block_k, bwd_k)
     g = pallas.Geometry(block_q=block_q, block_k=block_k,
                         q_len=t, k_len=s_len, group=h // h_kv, causal=causal,
                         normalizer=normalizer, qk_norm=qk_norm,
                         sm_scale=float(d ** -0.5 if sm_scale is None else sm_scale), eps=eps,
                         segmented=segments is not None, length_scaled=length_scale,
                         num_warps=num_warps, num_stages=num_stages,
-                        lane_dense=dispatch.lane_dense())
+                        lane_dense=dispatch.lane_dense(),
+                        key_masked=key_mask_bs is not None or s_len % pad_k != 0)
+    g_bwd = dataclasses.replace(g, block_q=bwd_q, block_k=bwd_k, num_warps=bwd_warps,
+                                num_stages=bwd_stages)
     ones = jnp.ones((d,), jnp.float32)
     keys = jnp.ones((b, s_len)) if key_mask_bs is None else key_mask_bs
     q_ids, k_ids = segments or (jnp.zeros((b, t)), jnp.zeros((b, s_len)))
     row_scale = _length_scales(keys, d, t, causal) if length_scale else jnp.ones((b, t))
     # Masks and ids travel as float32 rows (ids below 2**24 are exact) so that the custom VJP
     # can hand back ordinary zero cotangents for them.
-    rows = lambda x, block: jnp.pad(x.astype(jnp.float32),
-                                    ((0, 0), (0, _padded(x.shape[1], block) - x.shape[1])))
-    per_key = lambda x: _key_layout(rows(x, g.block_k), g)
-    per_query = lambda x: _query_layout(rows(x, g.block_q), g)
+    rows = lambda x, n: jnp.pad(x.astype(jnp.float32), ((0, 0), (0, _padded(x.shape[1], n)
+                                                                  - x.shape[1])))
     return _attention(q, k, v, ones if q_scale is None else q_scale,
                       ones if k_scale is None else k_scale,
-                      (per_key(keys), per_query(q_ids), per_key(k_ids), per_query(row_scale)),
-                      g, path == "interpret")
+                      (rows(keys, pad_k), rows(q_ids, pad_q), rows(k_ids, pad_k),
+                       rows(row_scale, pad_q)), (g, g_bwd), path == "interpret")
 
 
-def _key_layout(x_bs, g):
-    """Padded per-key values [b, s] as the kernels read them: on TPU [b, key blocks, 1, block_k],
-    a row of lanes per key block (see pallas.py)."""
-    b, s_len = x_bs.shape
-    return x_bs.reshape(b, s_len // g.block_k, 1, g.block_k) if g.lane_dense else x_bs
-
-
-def _query_layout(x_bt, g):
-    """Padded per-query values [b, t]; on TPU a lane-dense [b, t, 128] slab."""
-    return lane_slab(x_bt) if g.lane_dense else x_bt
+def _layouts(masks, g):
+    """The padded rows (key mask [b, s], query ids [b, t], key ids [b, s], logit factor [b, t])
+    as the kernels of geometry g read them: as they are, or on TPU per-key values as
+    [b, key blocks, 1, block_k], a row of lanes per key block, and per-query values as
+    lane-dense [b, t, 128] slabs (see pallas.py)."""
+    if not g.lane_dense:
+        return masks
+    per_key = lambda x: x.reshape(x.shape[0], x.shape[1] // g.block_k, 1, g.block_k)
+    keys, q_ids, k_ids, row_scale = masks
+    return per_key(keys), lane_slab(q_ids), per_key(k_ids), lane_slab(row_scale)
 
 
 def _length_scales(keys_bs, head_dim: int, t: int, causal: bool):
@@ -176,10 +209,10 @@ def _padded(n: int, block: int) -> int:
     return -(-n // block) * block
 
 
-def _to_kernel_layout(x, block):
-    """[b, t, h, d] -> [b, h, t_padded, d] with zero rows at the end."""
+def _to_kernel_layout(x, length):
+    """[b, t, h, d] -> [b, h, length, d] with zero rows at the end."""
     x = jnp.swapaxes(x, 1, 2)
-    return jnp.pad(x, ((0, 0), (0, 0), (0, _padded(x.shape[2], block) - x.shape[2]), (0, 0)))
+    return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))
 
 
 def _from_kernel_layout(x, length):
@@ -187,24 +220,27 @@ def _from_kernel_layout(x, length):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _attention(q, k, v, q_scale, k_scale, masks, g, interpret):
-    return _attention_fwd(q, k, v, q_scale, k_scale, masks, g, interpret)[0]
+def _attention(q, k, v, q_scale, k_scale, masks, geometries, interpret):
+    return _attention_fwd(q, k, v, q_scale, k_scale, masks, geometries, interpret)[0]
 
 
-def _attention_fwd(q, k, v, q_scale, k_scale, masks, g, interpret):
+def _attention_fwd(q, k, v, q_scale, k_scale, masks, geometries, interpret):
     """masks: (key validity, query segment ids, key segment ids, per-query logit factor),
-    padded float32 rows."""
-    qk, kk, vk = (_to_kernel_layout(q, g.block_q), _to_kernel_layout(k, g.block_k),
-                  _to_kernel_layout(v, g.block_k))
-    out, stat = pallas.forward(qk, kk, vk, *masks, q_scale, k_scale, g=g, interpret=interpret)
+    float32 rows padded to both passes' blocks; geometries: (forward's, backward's)."""
+    g = geometries[0]
+    tq, tk = masks[1].shape[1], masks[0].shape[1]
+    qk, kk, vk = (_to_kernel_layout(q, tq), _to_kernel_layout(k, tk), _to_kernel_layout(v, tk))
+    out, stat = pallas.forward(qk, kk, vk, *_layouts(masks, g), q_scale, k_scale, g=g,
+                               interpret=interpret)
     return _from_kernel_layout(out, g.q_len), (qk, kk, vk, masks, q_scale, k_scale, out, stat)
 
 
-def _attention_bwd(g, interpret, saved, dout):
+def _attention_bwd(geometries, interpret, saved, dout):
     qk, kk, vk, masks, q_scale, k_scale, out, stat = saved
-    dq, dk, dv, dqs, dks = pallas.backward(qk, kk, vk, *masks, q_scale, k_scale, out, stat,
-                                           _to_kernel_layout(dout, g.block_q), g=g,
-                                           interpret=interpret)
+    g = geometries[1]
+    dq, dk, dv, dqs, dks = pallas.backward(qk, kk, vk, *_layouts(masks, g), q_scale, k_scale,
+                                           out, stat, _to_kernel_layout(dout, qk.shape[2]),
+                                           g=g, interpret=interpret)
     return (_from_kernel_layout(dq, g.q_len), _from_kernel_layout(dk, g.k_len),
             _from_kernel_layout(dv, g.k_len), dqs.astype(q_scale.dtype),
             dks.astype(k_scale.dtype), jax.tree.map(jnp.zeros_like, masks))

@@ -4,10 +4,17 @@ Layout inside: [batch, heads, time, head_dim], time padded to the blocks. One pr
 (batch, head, query block) walks the key blocks (forward, dQ); one per (batch, query head,
 key block) walks the query blocks (dK/dV), so no program writes where another does. The q and
 k norms are recomputed per tile: the only residual is one float32 statistic per query row
-(log-sum-exp for softmax, the ℓ1 sum for softplus). Key validity (padding, ragged tail) comes
+(log-sum-exp for softmax, in base 2, the ℓ1 sum for softplus). Key validity (padding, ragged tail) comes
 in as a 0/1 vector per key and packed sequences as segment ids per query and key; causality is
 end-aligned (query i sees keys ≤ i + s_len − t_len). Tile products take the input dtype as
 operands and accumulate in float32 (jaxlab.kernels.tiles).
+
+Per score the kernels do little besides the two products, so the elementwise work counts (at
+head dim 64 it costs about as much as the products on a GPU): the logit scale is folded into
+the q tile (times log2 e for softmax, whose exponentials are exp2, one instruction where exp
+is several), and tiles that every query sees whole skip the mask. Under causality those are the
+key blocks left of a query block's diagonal, unless a key mask, key padding or segment ids
+make every tile masked.
 
 Per-query values (segment ids, logit factors, the row statistic and δ) are [.., t] vectors, or
 with `lane_dense` (TPU) [.., t, 128] slabs; per-key values are [b, s] vectors, or on TPU
@@ -48,6 +55,15 @@ class Geometry:
     num_warps: int | None = None   # Triton launch settings; None: 4 up to head dim 64, else 8
     num_stages: int = 2
     lane_dense: bool = False       # TPU layouts of per-query and per-key values (see above)
+    key_masked: bool = True        # some key is masked or padding: the kernels read the mask
+
+
+LOG2_E = 1.4426950408889634
+
+
+def _logit_base(g: Geometry) -> float:
+    """The kernels' logits are the true ones times this: log2 e for softmax (exp2), else 1."""
+    return LOG2_E if g.normalizer == "softmax" else 1.0
 
 
 def _key_row(g: Geometry, ref, j=None):
@@ -80,12 +96,14 @@ def _norm_rows_vjp(dout, xhat, rstd, scale, kind):
 
 
 def _visible(g: Geometry, q_block, k_block, kmask, q_seg, k_seg):
-    """[block_q, block_k] booleans: which keys of the tile each query may see. kmask is a
-    [1, block_k] row; q_seg and k_seg load the tile's segment ids as a column and a row, and
-    are called only when ids were given."""
+    """[block_q, block_k] booleans: which keys of the tile each query may see. kmask, q_seg
+    and k_seg load the tile's key mask (a [1, block_k] row) and segment ids (a column and a
+    row); each is called only when the geometry has one."""
     q_pos = q_block * g.block_q + jax.lax.broadcasted_iota(jnp.int32, (g.block_q, g.block_k), 0)
     k_pos = k_block * g.block_k + jax.lax.broadcasted_iota(jnp.int32, (g.block_q, g.block_k), 1)
-    visible = jnp.broadcast_to(kmask > 0, (g.block_q, g.block_k))
+    visible = q_pos >= 0  # all true, in the tile's shape
+    if g.key_masked:
+        visible = visible & (kmask() > 0)
     if g.causal:
         visible = visible & (q_pos + (g.k_len - g.q_len) >= k_pos)
     if g.segmented:
@@ -101,6 +119,18 @@ def _k_blocks_for(g: Geometry, q_block, num_k_blocks):
     return jnp.clip(last_key // g.block_k + 1, 0, num_k_blocks)
 
 
+def _k_blocks_whole(g: Geometry, q_block, seen_blocks):
+    """How many of the first key blocks every query of the block sees whole, so that their
+    tiles need no mask: under causality those left of the diagonal; none if every tile needs
+    the key mask or segment ids."""
+    if g.key_masked or g.segmented:
+        return 0
+    if not g.causal:
+        return seen_blocks
+    first_query = q_block * g.block_q + (g.k_len - g.q_len)
+    return jnp.clip((first_query + 1) // g.block_k, 0, seen_blocks)
+
+
 def _q_block_start(g: Geometry, k_block):
     """First query block that can see key block `k_block` under causality."""
     if not g.causal:
@@ -109,86 +139,119 @@ def _q_block_start(g: Geometry, k_block):
     return jnp.maximum(first_query, 0) // g.block_q
 
 
-def _logit_scale(g: Geometry, row_scale):
-    """What multiplies q·k: sm_scale, times each query's factor (a column) when length-scaled."""
-    return row_scale() * g.sm_scale if g.length_scaled else g.sm_scale
+def _q_blocks_seeing_whole(g: Geometry, k_block, start, num_q_blocks):
+    """The first query block from which on every query sees key block `k_block` whole (so its
+    tiles need no mask), at least `start`; num_q_blocks if every tile needs a mask."""
+    if g.key_masked or g.segmented:
+        return num_q_blocks
+    if not g.causal:
+        return start
+    # a query sees the whole block once its position + the offset reaches the block's last key
+    first_query = (k_block + 1) * g.block_k - 1 - (g.k_len - g.q_len)
+    return jnp.clip(-(-first_query // g.block_q), start, num_q_blocks)
+
+
+def _loop(lo, mid, hi, body, carry, masked_first: bool):
+    """body(i, carry, masked) over [lo, hi): [lo, mid) masked and [mid, hi) not if
+    masked_first, else [lo, mid) unmasked and [mid, hi) masked. Two loops, so that the unmasked
+    tiles compile without the mask."""
+    first, second = (True, False) if masked_first else (False, True)
+    carry = jax.lax.fori_loop(lo, mid, lambda i, c: body(i, c, first), carry)
+    return jax.lax.fori_loop(mid, hi, lambda i, c: body(i, c, second), carry)
+
+
+def _q_tile(g: Geometry, q_ref, qs, row_scale):
+    """The normalized q tile with the logit scale (and log2 e) folded in, and the scale."""
+    scale = (row_scale() * g.sm_scale if g.length_scaled else g.sm_scale) * _logit_base(g)
+    q, qhat, rstd = _norm_rows(q_ref.astype(jnp.float32), qs, g.qk_norm, g.eps)
+    return q * scale, qhat, rstd, scale
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref, qs_ref,
                     ks_ref, o_ref, stat_ref, *, g: Geometry, num_k_blocks: int):
     q_block = pl.program_id(2)
     dtype = q_ref.dtype
-    scale = _logit_scale(g, lambda: get_rows(rscale_ref, g.lane_dense))
-    q, _, _ = _norm_rows(q_ref[...].astype(jnp.float32), qs_ref[...].astype(jnp.float32),
-                         g.qk_norm, g.eps)
+    q, _, _, _ = _q_tile(g, q_ref[...], qs_ref[...].astype(jnp.float32),
+                         lambda: get_rows(rscale_ref, g.lane_dense))
     ks = ks_ref[...].astype(jnp.float32)
     d = q.shape[1]
 
-    def body(j, carry):
+    def body(j, carry, masked):
         m, l, acc = carry
         rows = pl.ds(j * g.block_k, g.block_k)
         k, _, _ = _norm_rows(k_ref[rows, :].astype(jnp.float32), ks, g.qk_norm, g.eps)
-        visible = _visible(g, q_block, j, _key_row(g, kmask_ref, j),
-                           lambda: get_rows(qseg_ref, g.lane_dense),
-                           lambda: _key_row(g, kseg_ref, j))
-        s = mm_t(q, k, dtype) * scale
+        s = mm_t(q, k, dtype)
+        if masked:
+            visible = _visible(g, q_block, j, lambda: _key_row(g, kmask_ref, j),
+                               lambda: get_rows(qseg_ref, g.lane_dense),
+                               lambda: _key_row(g, kseg_ref, j))
+            keep = lambda x: jnp.where(visible, x, 0.0)
+        else:
+            keep = lambda x: x
         if g.normalizer == "softmax":
-            s = jnp.where(visible, s, NEG)
+            if masked:
+                s = jnp.where(visible, s, NEG)
             m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
-            w = jnp.where(visible, jnp.exp(s - m_new), 0.0)
-            alpha = jnp.exp(m - m_new)
+            # A row that has seen no key yet keeps m = NEG, so its exp2(0) needs the mask.
+            w = keep(jnp.exp2(s - m_new))
+            alpha = jnp.exp2(m - m_new)
             return (m_new, alpha * l + jnp.sum(w, axis=1, keepdims=True),
                     alpha * acc + mm(w, v_ref[rows, :], dtype))
-        w = jnp.where(visible, jax.nn.softplus(s), 0.0)
+        w = keep(jax.nn.softplus(s))
         return m, l + jnp.sum(w, axis=1, keepdims=True), acc + mm(w, v_ref[rows, :], dtype)
 
     # m and l are [block_q, 1] columns, which both the Triton and the Mosaic layouts take.
     init = (jnp.full((g.block_q, 1), NEG, jnp.float32), jnp.zeros((g.block_q, 1), jnp.float32),
             jnp.zeros((g.block_q, d), jnp.float32))
-    m, l, acc = jax.lax.fori_loop(0, _k_blocks_for(g, q_block, num_k_blocks), body, init)
+    seen_blocks = _k_blocks_for(g, q_block, num_k_blocks)
+    m, l, acc = _loop(0, _k_blocks_whole(g, q_block, seen_blocks), seen_blocks, body, init,
+                      masked_first=False)
     seen = l > 0
     o_ref[...] = jnp.where(seen, acc / jnp.where(seen, l, 1.0), 0.0).astype(o_ref.dtype)
     if g.normalizer == "softmax":
-        stat = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
+        stat = jnp.where(seen, m + jnp.log2(jnp.where(seen, l, 1.0)), jnp.inf)
     else:
         stat = l
     put_rows(stat_ref, stat, g.lane_dense)
 
 
 def _score_grads(g: Geometry, s, visible, stat, dp, delta):
-    """(p, dS) for one tile: p the attention weights, dS = ∂loss/∂s; stat and delta are
-    [block_q, 1] columns."""
+    """(p, dS) for one tile: p the attention weights, dS = ∂loss/∂(true logits); s the kernel's
+    logits, stat and delta [block_q, 1] columns, visible None for a tile seen whole."""
+    keep = (lambda x: x) if visible is None else (lambda x: jnp.where(visible, x, 0.0))
     if g.normalizer == "softmax":
-        p = jnp.where(visible, jnp.exp(s - stat), 0.0)
+        p = keep(jnp.exp2(s - stat))
         return p, p * (dp - delta)
     inv_l = jnp.where(stat > 0, 1.0 / jnp.where(stat > 0, stat, 1.0), 0.0)
-    p = jnp.where(visible, jax.nn.softplus(s), 0.0) * inv_l
-    return p, jnp.where(visible, jax.nn.sigmoid(s), 0.0) * inv_l * (dp - delta)
+    p = keep(jax.nn.softplus(s)) * inv_l
+    return p, keep(jax.nn.sigmoid(s)) * inv_l * (dp - delta)
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref, qs_ref, ks_ref,
                do_ref, stat_ref, delta_ref, dq_ref, dqs_ref, *, g: Geometry, num_k_blocks: int):
     q_block = pl.program_id(2)
     dtype = q_ref.dtype
-    scale = _logit_scale(g, lambda: get_rows(rscale_ref, g.lane_dense))
     qs = qs_ref[...].astype(jnp.float32)
-    q, qhat, q_rstd = _norm_rows(q_ref[...].astype(jnp.float32), qs, g.qk_norm, g.eps)
+    q, qhat, q_rstd, scale = _q_tile(g, q_ref[...], qs, lambda: get_rows(rscale_ref, g.lane_dense))
     ks = ks_ref[...].astype(jnp.float32)
     do = do_ref[...]
     stat, delta = get_rows(stat_ref, g.lane_dense), get_rows(delta_ref, g.lane_dense)
 
-    def body(j, dq):
+    def body(j, dq, masked):
         rows = pl.ds(j * g.block_k, g.block_k)
         k, _, _ = _norm_rows(k_ref[rows, :].astype(jnp.float32), ks, g.qk_norm, g.eps)
-        visible = _visible(g, q_block, j, _key_row(g, kmask_ref, j),
+        visible = _visible(g, q_block, j, lambda: _key_row(g, kmask_ref, j),
                            lambda: get_rows(qseg_ref, g.lane_dense),
-                           lambda: _key_row(g, kseg_ref, j))
-        s = mm_t(q, k, dtype) * scale
-        _, ds = _score_grads(g, s, visible, stat, mm_t(do, v_ref[rows, :], dtype), delta)
-        return dq + mm(ds * scale, k, dtype)
+                           lambda: _key_row(g, kseg_ref, j)) if masked else None
+        _, ds = _score_grads(g, mm_t(q, k, dtype), visible, stat,
+                             mm_t(do, v_ref[rows, :], dtype), delta)
+        return dq + mm(ds, k, dtype)
 
-    dq = jax.lax.fori_loop(0, _k_blocks_for(g, q_block, num_k_blocks), body, jnp.zeros_like(q))
-    dq, dqs = _norm_rows_vjp(dq, qhat, q_rstd, qs, g.qk_norm)
+    seen_blocks = _k_blocks_for(g, q_block, num_k_blocks)
+    dq = _loop(0, _k_blocks_whole(g, q_block, seen_blocks), seen_blocks, body,
+               jnp.zeros_like(q), masked_first=False)
+    # ∂/∂(true logits) times k gives ∂/∂(q·scale): the scale without log2 e remains.
+    dq, dqs = _norm_rows_vjp(dq * (scale / _logit_base(g)), qhat, q_rstd, qs, g.qk_norm)
     dq_ref[...] = dq.astype(dq_ref.dtype)
     dqs_ref[...] = (jnp.zeros_like(qs) if dqs is None else dqs)[None, :]
 
@@ -202,25 +265,26 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref,
     k, khat, k_rstd = _norm_rows(k_ref[...].astype(jnp.float32), ks, g.qk_norm, g.eps)
     v = v_ref[...]
     qs = qs_ref[...].astype(jnp.float32)
-    kmask = _key_row(g, kmask_ref)
     column = lambda ref, rows: get_rows(ref, g.lane_dense, rows)
 
-    def body(i, carry):
+    def body(i, carry, masked):
         dk, dv = carry
         rows = pl.ds(i * g.block_q, g.block_q)
-        q, _, _ = _norm_rows(q_ref[rows, :].astype(jnp.float32), qs, g.qk_norm, g.eps)
+        q, _, _, _ = _q_tile(g, q_ref[rows, :], qs, lambda: column(rscale_ref, rows))
         do = do_ref[rows, :]
-        visible = _visible(g, i, k_block, kmask, lambda: column(qseg_ref, rows),
-                           lambda: _key_row(g, kseg_ref))
-        scale = _logit_scale(g, lambda: column(rscale_ref, rows))
-        s = mm_t(q, k, dtype) * scale
-        p, ds = _score_grads(g, s, visible, column(stat_ref, rows), mm_t(do, v, dtype),
-                             column(delta_ref, rows))
-        return dk + mm_tn(ds * scale, q, dtype), dv + mm_tn(p, do, dtype)
+        visible = _visible(g, i, k_block, lambda: _key_row(g, kmask_ref),
+                           lambda: column(qseg_ref, rows),
+                           lambda: _key_row(g, kseg_ref)) if masked else None
+        p, ds = _score_grads(g, mm_t(q, k, dtype), visible, column(stat_ref, rows),
+                             mm_t(do, v, dtype), column(delta_ref, rows))
+        return dk + mm_tn(ds, q, dtype), dv + mm_tn(p, do, dtype)
 
-    dk, dv = jax.lax.fori_loop(_q_block_start(g, k_block), num_q_blocks, body,
-                               (jnp.zeros_like(k), jnp.zeros(v.shape, jnp.float32)))
-    dk, dks = _norm_rows_vjp(dk, khat, k_rstd, ks, g.qk_norm)
+    start = _q_block_start(g, k_block)
+    dk, dv = _loop(start, _q_blocks_seeing_whole(g, k_block, start, num_q_blocks), num_q_blocks,
+                   body, (jnp.zeros_like(k), jnp.zeros(v.shape, jnp.float32)),
+                   masked_first=True)
+    # The q tiles carried scale · log2 e; ∂/∂k needs q · scale.
+    dk, dks = _norm_rows_vjp(dk / _logit_base(g), khat, k_rstd, ks, g.qk_norm)
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
     dks_ref[...] = (jnp.zeros_like(ks) if dks is None else dks)[None, :]
