@@ -52,3 +52,16 @@ def test_equals_the_recurrent_form():
     phi = lambda x: jax.nn.elu(x) + 1
     want, _ = linear_attention_recurrent(phi(q), phi(k), v)
     close(chunked_linear_attention(q, k, v, chunk_size=16, impl=KERNEL_IMPL), want, 1e-5)
+
+
+@pytest.mark.parametrize("output_norm,normalize", [(False, True), (True, True), (True, False)])
+def test_many_chunks_match_reference(output_norm, normalize):
+    """13 chunks, the last one padded: every chunk's state comes from the cumsum over chunks."""
+    keys = jax.random.split(jax.random.key(11), 4)
+    q, k = (0.5 * jax.random.normal(key, (1, 200, 2, 16)) for key in keys[:2])
+    v = jax.random.normal(keys[2], (1, 200, 2, 16))
+    gain = 1 + 0.1 * jax.random.normal(keys[3], (16,))
+    call = lambda impl: (lambda q, k, v, g: chunked_linear_attention(
+        q, k, v, g, normalize=normalize, scale=0.05, output_norm=output_norm, chunk_size=16,
+        impl=impl))
+    assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v, gain), jnp.float32)

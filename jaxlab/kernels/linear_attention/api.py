@@ -15,9 +15,9 @@ from jaxlab.kernels.linear_attention.reference import (KERNEL_FEATURE_MAPS,
 OP = "chunked_linear_attention"
 
 
-def unsupported(key_dim: int, value_dim: int, chunk: int, length: int = 1,
-                itemsize: int = 4) -> str | None:
-    """Why the Pallas kernel cannot take these sizes on this backend, or None if it can."""
+def unsupported(key_dim: int, value_dim: int, chunk: int, itemsize: int = 4) -> str | None:
+    """Why the Pallas kernel cannot take these sizes on this backend, or None if it can. The
+    sequence length does not matter: every block is one chunk's."""
     backend = dispatch.backend()
     dims = (key_dim, value_dim, chunk)
     if backend == "gpu" and any(x & (x - 1) or x < 16 for x in dims):
@@ -25,19 +25,17 @@ def unsupported(key_dim: int, value_dim: int, chunk: int, length: int = 1,
     if backend == "tpu":
         if chunk % 8:
             return f"the TPU kernel needs a chunk that is a multiple of 8 (sublanes), got {chunk}"
-        return dispatch.over_vmem("whole sequences", _tpu_vmem_bytes(
-            key_dim, value_dim, chunk, length, itemsize))
+        return dispatch.over_vmem("chunks", _tpu_vmem_bytes(key_dim, value_dim, chunk, itemsize))
     return None
 
 
-def _tpu_vmem_bytes(dk: int, dv: int, chunk: int, length: int, itemsize: int) -> int:
-    """About the VMEM of the dK/dV kernel, the largest: q, k, v, G and H (a lane-dense slab and
-    a row per chunk) and dk, dv for the whole sequence, double-buffered, plus float32 state
-    and chunk tiles."""
-    t = -(-length // chunk) * chunk
-    per_row = 2 * dk * itemsize * 2 + dv * itemsize * 2 + dv * 4 + 128 * 4 + 8 * 4
-    scratch = 2 * dk * dv * 4 + 6 * chunk * max(chunk, dk, dv) * 4
-    return 2 * t * per_row + scratch
+def _tpu_vmem_bytes(dk: int, dv: int, chunk: int, itemsize: int) -> int:
+    """About the VMEM of the dQ kernel, the largest: one chunk of q, k, v, d out, dq, G and the
+    H slab, the float32 state and its gradient, double-buffered, plus float32 chunk tiles."""
+    per_row = 3 * dk * itemsize + 2 * dv * itemsize + dv * 4 + 128 * 4
+    per_chunk = 2 * dk * dv * 4 + 3 * (dk + dv) * 4
+    scratch = 6 * chunk * max(chunk, dk, dv) * 4
+    return 2 * (chunk * per_row + per_chunk) + scratch
 
 
 def chunked_linear_attention(q, k, v, gain=None, *, feature_map: str = "elu1",
@@ -56,7 +54,7 @@ def chunked_linear_attention(q, k, v, gain=None, *, feature_map: str = "elu1",
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     try:
-        path = dispatch.resolve(OP, impl, unsupported(dk, dv, chunk_size, t, q.dtype.itemsize))
+        path = dispatch.resolve(OP, impl, unsupported(dk, dv, chunk_size, q.dtype.itemsize))
     except dispatch.Unsupported as error:
         raise ConfigError(str(error)) from None
     options = dict(feature_map=feature_map, normalize=normalize, scale=scale, eps=eps,
