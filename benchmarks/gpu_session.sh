@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks of the kernels and training issues in one run on one GPU: parity of the
-# compiled Pallas kernels with the XLA references, the kernel benchmark (a launch sweep, then
-# the TFLOP/s table with the sweep's best settings, the norm GB/s, the linear crossover), and
-# the MFU table.
+# compiled Pallas kernels with the XLA references, then the kernel benchmark (the TFLOP/s
+# table at the default launch settings, the fused norm's GB/s with a rows × warps sweep, the
+# linear-attention crossover), optionally the norm-attention launch sweep and the MFU table.
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR]      # logs land in OUT_DIR (default gpu_results)
 #
-# Each part has its own time limit in seconds (PARITY_S, ATTENTION_S, NORM_S, LINEAR_S, MFU_S;
-# 0 skips a part) so one slow part cannot starve the next; extra arguments: PARITY_ARGS,
-# KERNELS_ARGS (every kernels.py part), MFU_ARGS.
+# Each part has its own time limit in seconds (PARITY_S, ATTENTION_S, NORM_S, LINEAR_S,
+# SWEEP_S, MFU_S; 0 skips a part) so one slow part cannot starve the next. The defaults fit a
+# 10-minute call (about 95 s of parity, 10 table rows of about 25 s). Extra arguments:
+# PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS.
 set -u
 out=${1:-gpu_results}
 mkdir -p "$out"
@@ -28,11 +29,12 @@ part() {  # part NAME SECONDS COMMAND...: run unless SECONDS is 0, log to OUT/NA
 
 echo "== parity: compiled kernels vs XLA references (fp32 at full precision, bf16)"
 JAX_PLATFORMS=cuda JAXLAB_TEST_KERNELS=pallas JAX_DEFAULT_MATMUL_PRECISION=highest \
-  timeout "${PARITY_S:-150}" python -m pytest -q -p no:cacheprovider -n 8 ${PARITY_ARGS:-} \
+  timeout "${PARITY_S:-130}" python -m pytest -q -p no:cacheprovider -n 8 ${PARITY_ARGS:-} \
   tests/kernels > "$out/parity.txt" 2>&1
 echo "parity exit $?"; tail -25 "$out/parity.txt"
 
-part attention "${ATTENTION_S:-300}" python benchmarks/kernels.py --parts blocks,attention ${KERNELS_ARGS:-}
-part norm "${NORM_S:-80}" python benchmarks/kernels.py --parts norm,normsweep ${KERNELS_ARGS:-}
-part linear "${LINEAR_S:-60}" python benchmarks/kernels.py --parts linear ${KERNELS_ARGS:-}
+part attention "${ATTENTION_S:-260}" python benchmarks/kernels.py --parts attention --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part norm "${NORM_S:-90}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part linear "${LINEAR_S:-60}" python benchmarks/kernels.py --parts linear --rounds 5 ${KERNELS_ARGS:-}
+part sweep "${SWEEP_S:-0}" python benchmarks/kernels.py --parts blocks --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part mfu "${MFU_S:-0}" python benchmarks/mfu.py ${MFU_ARGS:-}
