@@ -129,14 +129,14 @@ def test_length_scaled_softplus_is_lssa(causal):
     assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v), jnp.float32)
 
 
-@pytest.mark.parametrize("normalizer", ["softmax", "softplus"])
-@pytest.mark.parametrize("t,s,causal,backward_tiles", [
-    (64, 64, True, None),                 # no mask: tiles left of the diagonal go unmasked
-    (32, 64, True, (32, 16, None, 2)),    # keys ahead of queries; backward blocks of its own
-    (48, 48, False, (16, 16, None, 3)),   # no mask at all; padding to the larger query block
-    (40, 40, True, (32, 32, None, 2)),    # key padding: every tile masked
+@pytest.mark.parametrize("t,s,causal,backward_tiles,normalizer", [
+    (64, 64, True, None, "softmax"),      # no mask: tiles left of the diagonal go unmasked
+    (64, 64, True, None, "softplus"),
+    (32, 64, True, (32, 16, None, 2), "softmax"),   # keys ahead of queries; own backward blocks
+    (48, 48, False, (16, 16, None, 3), "softplus"),  # no mask at all; padded to the larger block
+    (40, 40, True, (32, 32, None, 2), "softmax"),   # key padding: every tile masked
 ])
-def test_unmasked_tiles_and_backward_tiles(normalizer, t, s, causal, backward_tiles):
+def test_unmasked_tiles_and_backward_tiles(t, s, causal, backward_tiles, normalizer):
     keys = jax.random.split(jax.random.key(t + s), 5)
     q = 2 * jax.random.normal(keys[0], (1, t, 2, 16))
     k = 2 * jax.random.normal(keys[1], (1, s, 1, 16))
