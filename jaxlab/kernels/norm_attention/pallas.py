@@ -4,10 +4,10 @@ Layout inside: [batch, heads, time, head_dim], time padded to the blocks. One pr
 (batch, head, query block) walks the key blocks (forward, dQ); one per (batch, query head,
 key block) walks the query blocks (dK/dV), so no program writes where another does. The q and
 k norms are recomputed per tile: the only residual is one float32 statistic per query row
-(log-sum-exp for softmax, in base 2, the ℓ1 sum for softplus). Key validity (padding, ragged tail) comes
-in as a 0/1 vector per key and packed sequences as segment ids per query and key; causality is
-end-aligned (query i sees keys ≤ i + s_len − t_len). Tile products take the input dtype as
-operands and accumulate in float32 (jaxlab.kernels.tiles).
+(log-sum-exp in base 2 for softmax, the ℓ1 sum for softplus). Key validity (padding, ragged
+tail) comes in as a 0/1 vector per key and packed sequences as segment ids per query and key;
+causality is end-aligned (query i sees keys ≤ i + s_len − t_len). Tile products take the
+input dtype as operands and accumulate in float32 (jaxlab.kernels.tiles).
 
 Per score the kernels do little besides the two products, so the elementwise work counts (at
 head dim 64 it costs about as much as the products on a GPU): the logit scale is folded into
