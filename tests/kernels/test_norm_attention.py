@@ -131,9 +131,10 @@ def test_length_scaled_softplus_is_lssa(causal):
 
 @pytest.mark.parametrize("t,s,causal,backward_tiles,normalizer", [
     (64, 64, True, None, "softmax"),      # no mask: tiles left of the diagonal go unmasked
-    (64, 64, True, None, "softplus"),
+    pytest.param(64, 64, True, None, "softplus", marks=pytest.mark.slow),
     (32, 64, True, (32, 16, None, 2), "softmax"),   # keys ahead of queries; own backward blocks
-    (48, 48, False, (16, 16, None, 3), "softplus"),  # no mask at all; padded to the larger block
+    pytest.param(48, 48, False, (16, 16, None, 3), "softplus",  # no mask at all; padded to
+                 marks=pytest.mark.slow),                       # the larger block
     (40, 40, True, (32, 32, None, 2), "softmax"),   # key padding: every tile masked
 ])
 def test_unmasked_tiles_and_backward_tiles(t, s, causal, backward_tiles, normalizer):
