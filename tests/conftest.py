@@ -4,6 +4,14 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXLAB_DISTRIBUTED", "0")
+# Tests compile many identical programs (the smoke GPT's train and eval steps recur across the
+# experiments and the resume tests); XLA's persistent cache, shared by the xdist workers,
+# compiles each once. Keyed by the program, the jax version and the flags, so a stale entry
+# is never reused.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
