@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of the kernels and training issues in one run on one GPU: parity of the
 # compiled Pallas kernels with the XLA references, then the kernel benchmark (the TFLOP/s
-# table at the default launch settings, the fused norm's GB/s with a rows × warps sweep, the
-# linear-attention crossover), optionally the norm-attention launch sweep and the MFU table.
+# table at the default launch settings, the fused norm's GB/s with a rows × warps × steps sweep,
+# the linear-attention crossover), optionally the norm-attention launch sweep and the MFU table.
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR]      # logs land in OUT_DIR (default gpu_results)
 #
@@ -34,7 +34,7 @@ JAX_PLATFORMS=cuda JAXLAB_TEST_KERNELS=pallas JAX_DEFAULT_MATMUL_PRECISION=highe
 echo "parity exit $?"; tail -25 "$out/parity.txt"
 
 part attention "${ATTENTION_S:-260}" python benchmarks/kernels.py --parts attention --rounds 5 --calls 3 ${KERNELS_ARGS:-}
-part norm "${NORM_S:-90}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part norm "${NORM_S:-120}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part linear "${LINEAR_S:-60}" python benchmarks/kernels.py --parts linear --rounds 5 ${KERNELS_ARGS:-}
 part sweep "${SWEEP_S:-0}" python benchmarks/kernels.py --parts blocks --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part mfu "${MFU_S:-0}" python benchmarks/mfu.py ${MFU_ARGS:-}

@@ -141,13 +141,16 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None):
 
 
 # The backward at d=4096 ran at 14% of copy with 8 rows × 4 warps (256 float32 values per
-# thread per array): more warps and fewer rows are the first things to try.
+# thread per array): more warps and fewer rows are the first things to try; then blocks of 64
+# rows walked 1 or 2 rows at a time, which keep the registers of the small blocks but write
+# 8-64× fewer partial sums of dscale.
 NORM_SWEEP = [(rows_factor, warps) for rows_factor in (0.25, 0.5, 1) for warps in (4, 8, 16)]
+NORM_WALKS = [(64, step, warps) for step in (1, 2) for warps in (4, 8)]
 
 
 def bench_norm(n, d, dtype, kernel_impl, rounds, sweep=False):
     """GB/s of the fused RMSNorm + residual, forward and forward+backward, for the Pallas
-    kernel (default launch, and with `sweep` the best of NORM_SWEEP's rows × warps), the
+    kernel (default launch, and with `sweep` NORM_SWEEP's rows × warps and NORM_WALKS), the
     jitted reference and a copy of x."""
     x = jax.random.normal(jax.random.key(1), (n, d), dtype)
     r = jax.random.normal(jax.random.key(2), (n, d), dtype)
@@ -166,6 +169,9 @@ def bench_norm(n, d, dtype, kernel_impl, rounds, sweep=False):
         launches.update({f"pallas rows={max(1, int(default * f))} warps={warps}":
                          dict(block_rows=max(1, int(default * f)), num_warps=warps)
                          for f, warps in NORM_SWEEP})
+        launches.update({f"pallas rows={rows} step={step} warps={warps}":
+                         dict(block_rows=rows, step_rows=step, num_warps=warps)
+                         for rows, step, warps in NORM_WALKS if rows <= n})
     candidates = {}
     for name, kw in {**launches, "xla": {}}.items():
         fwd, both = passes(impl="xla" if name == "xla" else kernel_impl, **kw)
@@ -200,7 +206,7 @@ def main():
     parser.add_argument("--parts", default="attention,norm,linear",
                         help="any of blocks (a launch sweep of norm-attention, whose best "
                              "settings the attention table then uses), attention, norm, "
-                             "normsweep (norm with a rows × warps sweep), linear")
+                             "normsweep (norm with a rows × warps × steps sweep), linear")
     args = parser.parse_args()
     global CALLS
     CALLS = 1 if args.smoke else args.calls

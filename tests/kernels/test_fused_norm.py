@@ -19,13 +19,13 @@ STRATEGIES = dict(
     dtype=st.sampled_from([jnp.float32, jnp.bfloat16]))
 
 
-def check_matches_reference(rows, d, kind, residual, bias, dtype):
+def check_matches_reference(rows, d, kind, residual, bias, dtype, **launch):
     keys = jax.random.split(jax.random.key(rows * 100 + d), 4)
     x = (3 * jax.random.normal(keys[0], (rows, d)) + 1).astype(dtype)
     r = jax.random.normal(keys[1], (rows, d)).astype(dtype) if residual else None
     w = 1 + 0.1 * jax.random.normal(keys[2], (d,))
     b = 0.1 * jax.random.normal(keys[3], (d,)) if bias else None
-    kernel = lambda x, w, b, r: fused_norm(x, w, b, r, kind=kind, impl=KERNEL_IMPL)
+    kernel = lambda x, w, b, r: fused_norm(x, w, b, r, kind=kind, impl=KERNEL_IMPL, **launch)
     reference = lambda x, w, b, r: fused_norm_reference(x, w, b, r, kind=kind)
     assert_matches_reference(kernel, reference, (x, w, b, r), dtype)
     assert last_path("fused_norm") == KERNEL_IMPL
@@ -42,6 +42,21 @@ def test_matches_reference(rows, d, kind, residual, bias, dtype):
 @given(**STRATEGIES)
 def test_matches_reference_wide(rows, d, kind, residual, bias, dtype):
     check_matches_reference(rows, d, kind, residual, bias, dtype)
+
+
+@pytest.mark.parametrize("kind,residual,step", [("rms", True, 2), ("layer", False, 8)])
+def test_programs_walk_their_block_in_steps(kind, residual, step):
+    # 37 rows in blocks of 16: three programs, the last one padded, each walking its rows
+    check_matches_reference(37, 64, kind, residual, True, jnp.float32, block_rows=16,
+                            step_rows=step)
+
+
+def test_launch_settings_are_checked():
+    x = jnp.ones((4, 16))
+    with pytest.raises(ConfigError, match="step_rows must be a power of two, got 3"):
+        fused_norm(x, jnp.ones(16), impl=KERNEL_IMPL, step_rows=3)
+    with pytest.raises(ConfigError, match="step_rows 16 is more than block_rows 8"):
+        fused_norm(x, jnp.ones(16), impl=KERNEL_IMPL, block_rows=8, step_rows=16)
 
 
 @pytest.mark.skipif(COMPILED, reason="checks the CPU paths")

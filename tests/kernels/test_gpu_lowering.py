@@ -38,11 +38,12 @@ def test_norm_attention_lowers(dtype, normalizer, qk_norm, segmented, length_sca
     assert triton_calls(lower_grad_for_gpu(loss, q, k, k, scale, scale)) == 3  # fwd, dq, dk/dv
 
 
-@pytest.mark.parametrize("kind", ["rms", "layer"])
-def test_fused_norm_lowers(kind):
+@pytest.mark.parametrize("kind,launch", [("rms", {}), ("layer", {}),
+                                         ("rms", dict(block_rows=16, step_rows=2))])
+def test_fused_norm_lowers(kind, launch):
     x = jnp.ones((37, 128), jnp.bfloat16)
-    loss = lambda x, w, b, r: sum(y.astype(jnp.float32).sum()
-                                  for y in fused_norm(x, w, b, r, kind=kind, impl="pallas"))
+    loss = lambda x, w, b, r: sum(y.astype(jnp.float32).sum() for y in fused_norm(
+        x, w, b, r, kind=kind, impl="pallas", **launch))
     assert triton_calls(lower_grad_for_gpu(loss, x, jnp.ones(128), jnp.zeros(128), x)) == 2
 
 

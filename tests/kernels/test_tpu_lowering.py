@@ -56,12 +56,13 @@ def test_norm_attention_lowers(dtype, causal, normalizer, qk_norm, segmented, le
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("kind", ["rms", "layer"])
-@pytest.mark.parametrize("with_residual", [True, False])
-def test_fused_norm_lowers(dtype, kind, with_residual):
+@pytest.mark.parametrize("with_residual,launch", [
+    (True, {}), (False, {}), (True, dict(block_rows=64, step_rows=16))])
+def test_fused_norm_lowers(dtype, kind, with_residual, launch):
     x = jnp.ones((300, 256), dtype)  # several row blocks, the last one padded
     residual = x if with_residual else None
     loss = lambda x, w, b: sum(y.astype(jnp.float32).sum() for y in jax.tree.leaves(
-        fused_norm(x, w, b, residual, kind=kind, impl="pallas")))
+        fused_norm(x, w, b, residual, kind=kind, impl="pallas", **launch)))
     args = (x, jnp.ones(256), jnp.zeros(256))
     assert mosaic_calls(lower_for_tpu(loss, *args)) == 2
     assert mosaic_calls(lower_for_tpu(loss, *args, grad=False)) == 1
@@ -138,9 +139,17 @@ def test_fused_norm_tpu_layout_values(tpu_layouts, kind):
     x, r = jax.random.normal(jax.random.key(0), (2, 2, 70, 128))  # 140 rows: 2 blocks of 128
     w = 1.0 + jax.random.normal(jax.random.key(1), (128,))
     b = jax.random.normal(jax.random.key(2), (128,))
-    assert_matches_reference(lambda *a: fused_norm(*a, kind=kind, impl="interpret"),
+    # the layer norm's kernels walk each block 8 rows (one float32 tile) at a time
+    launch = dict(step_rows=8) if kind == "layer" else {}
+    assert_matches_reference(lambda *a: fused_norm(*a, kind=kind, impl="interpret", **launch),
                              lambda *a: fused_norm_reference(*a, kind=kind), (x, w, b, r),
                              jnp.float32)
+
+
+def test_fused_norm_tpu_steps_are_whole_tiles(tpu_layouts):
+    x = jnp.ones((64, 128), jnp.bfloat16)
+    with pytest.raises(ConfigError, match="step_rows 8 is not a multiple of 16"):
+        fused_norm(x, jnp.ones(128), impl="interpret", step_rows=8)
 
 
 @pytest.mark.parametrize("output_norm,normalize", [(True, True), (False, False)])

@@ -39,12 +39,15 @@ def unsupported(d: int, itemsize: int = 4) -> str | None:
 
 
 def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: float = 1e-6,
-               impl: str = "auto", block_rows: int | None = None, num_warps: int = 4):
+               impl: str = "auto", block_rows: int | None = None, num_warps: int = 4,
+               step_rows: int | None = None):
     """norm(x + residual) · scale + bias over the last axis; returns y, or (y, x + residual).
 
     kind "rms" (RMSNorm, bias allowed but unusual) or "layer" (LayerNorm). Statistics run in
     float32; y and h keep x's dtype. impl: see jaxlab.kernels. block_rows (rows per program, a
-    power of two; default about 64 KiB of float32) and num_warps tune the GPU kernel.
+    power of two; default about 64 KiB of float32), num_warps and step_rows (rows a program
+    handles at a time as it walks its block, a power of two up to block_rows; default the whole
+    block) tune the GPU kernel.
     """
     if kind not in KINDS:
         raise ConfigError(f"fused_norm kind {kind!r} is unknown; valid: {', '.join(KINDS)}")
@@ -52,12 +55,22 @@ def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: fl
         path = dispatch.resolve(OP, impl, unsupported(x.shape[-1], x.dtype.itemsize))
     except dispatch.Unsupported as error:
         raise ConfigError(str(error)) from None
-    if block_rows is not None and (block_rows < 1 or block_rows & (block_rows - 1)):
-        raise ConfigError(f"block_rows must be a power of two, got {block_rows}")
+    for name, value in (("block_rows", block_rows), ("step_rows", step_rows)):
+        if value is not None and (value < 1 or value & (value - 1)):
+            raise ConfigError(f"{name} must be a power of two, got {value}")
     if path == "xla":
         return fused_norm_reference(x, scale, bias, residual, kind=kind, eps=eps)
     n, d = _rows(x).shape
-    launch = (block_rows or block_rows_for(n, d), num_warps)
+    block = block_rows or block_rows_for(n, d)
+    step = step_rows or block
+    if step > block:
+        raise ConfigError(f"step_rows {step} is more than block_rows {block}; valid: a "
+                          f"power of two up to {block}")
+    sublanes = 8 * max(1, 4 // x.dtype.itemsize)  # a TPU tile's rows: 8 float32, 16 bfloat16
+    if dispatch.backend() == "tpu" and step % sublanes:
+        raise ConfigError(f"step_rows {step} is not a multiple of {sublanes}, the TPU "
+                          f"tile's rows for {x.dtype}")
+    launch = (block, num_warps, step)
     return _fused(x, scale, bias, residual, kind, eps, path == "interpret", launch)
 
 
@@ -76,14 +89,14 @@ def _pad_rows(a, n_pad: int) -> jax.Array:
 
 
 def _fused_fwd(x, scale, bias, residual, kind, eps, interpret, launch):
-    """launch: (rows per program, warps)."""
+    """launch: (rows per program, warps, rows per step)."""
     n, d = _rows(x).shape
-    block, warps = launch
+    block, warps, step = launch
     n_pad = -(-n // block) * block
     y, h, mean, rstd = pallas.forward(
         _pad_rows(_rows(x), n_pad), scale, bias,
         None if residual is None else _pad_rows(_rows(residual), n_pad),
-        kind=kind, eps=eps, block_rows=block, num_warps=warps, interpret=interpret,
+        kind=kind, eps=eps, block_rows=block, num_warps=warps, step_rows=step, interpret=interpret,
         lane_dense=dispatch.lane_dense())
     y_out = y[:n].reshape(x.shape)
     out = y_out if residual is None else (y_out, h[:n].reshape(x.shape))
@@ -94,13 +107,14 @@ def _fused_fwd(x, scale, bias, residual, kind, eps, interpret, launch):
 
 def _fused_bwd(kind, eps, interpret, launch, saved, cotangent):
     h, scale, mean, rstd, bias, residual = saved
-    dy, dh = cotangent if residual is not None else (cotangent, jnp.zeros_like(cotangent))
+    dy, dh = cotangent if residual is not None else (cotangent, None)
     n = _rows(dy).shape[0]
     n_pad = h.shape[0]
+    block, warps, step = launch
     dx, dscale, dbias = pallas.backward(
-        h, _pad_rows(_rows(dy), n_pad), _pad_rows(_rows(dh), n_pad), scale, mean, rstd,
-        kind=kind, block_rows=launch[0], num_warps=launch[1], interpret=interpret,
-        lane_dense=rstd.ndim == 2)  # the layout the forward chose
+        h, _pad_rows(_rows(dy), n_pad), None if dh is None else _pad_rows(_rows(dh), n_pad),
+        scale, mean, rstd, kind=kind, block_rows=block, num_warps=warps, step_rows=step,
+        interpret=interpret, lane_dense=rstd.ndim == 2)  # the layout the forward chose
     dx = dx[:n].reshape(dy.shape)
     return (dx, dscale.astype(scale.dtype), None if bias is None else dbias.astype(bias.dtype),
             None if residual is None else dx)

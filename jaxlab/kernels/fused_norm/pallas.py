@@ -2,6 +2,8 @@
 
 Each program owns `block_rows` full rows, so the row statistics need no cross-program
 reduction; the scale/bias gradients come out as one partial sum per block, added up by XLA.
+Both passes may walk their block a few rows at a time (`step_rows`), so that wide rows do not
+force small blocks and, in the backward, many partial sums.
 The statistics are plain [n] vectors, or with `lane_dense` (TPU) [n, 128] slabs
 (jaxlab.kernels.tiles.put_rows).
 """
@@ -27,8 +29,20 @@ def _normalize(h, kind: str, eps: float):
     return centered * rstd, mean, rstd
 
 
+def _walk(block_rows: int, step_rows: int, step, carry):
+    """carry = step(rows, carry) over the block's rows, `step_rows` at a time: a wide row's
+    float32 temporaries then fit in registers while the program still owns many rows (in the
+    backward: few partial sums to write)."""
+    if step_rows == block_rows:
+        return step(slice(None), carry)
+
+    def body(i, carry):
+        return step(pl.ds(pl.multiple_of(i * step_rows, step_rows), step_rows), carry)
+    return jax.lax.fori_loop(0, block_rows // step_rows, body, carry)
+
+
 def _forward_kernel(*refs, kind: str, eps: float, has_residual: bool, has_bias: bool,
-                    lane_dense: bool):
+                    lane_dense: bool, step_rows: int):
     refs = list(refs)
     x_ref = refs.pop(0)
     r_ref = refs.pop(0) if has_residual else None
@@ -37,32 +51,53 @@ def _forward_kernel(*refs, kind: str, eps: float, has_residual: bool, has_bias: 
     y_ref = refs.pop(0)
     h_ref = refs.pop(0) if has_residual else None
     mean_ref, rstd_ref = refs
-    h = x_ref[...]
-    if has_residual:
-        h = h + r_ref[...]
-        h_ref[...] = h
-    xhat, mean, rstd = _normalize(h.astype(jnp.float32), kind, eps)
-    y = xhat * w_ref[...].astype(jnp.float32)[None, :]
-    if has_bias:
-        y = y + b_ref[...].astype(jnp.float32)[None, :]
-    y_ref[...] = y.astype(y_ref.dtype)
-    put_rows(mean_ref, mean, lane_dense)
-    put_rows(rstd_ref, rstd, lane_dense)
+
+    def step(rows, carry):
+        h = x_ref[rows, :]
+        if has_residual:
+            h = h + r_ref[rows, :]
+            h_ref[rows, :] = h
+        xhat, mean, rstd = _normalize(h.astype(jnp.float32), kind, eps)
+        y = xhat * w_ref[...].astype(jnp.float32)[None, :]
+        if has_bias:
+            y = y + b_ref[...].astype(jnp.float32)[None, :]
+        y_ref[rows, :] = y.astype(y_ref.dtype)
+        put_rows(mean_ref, mean, lane_dense, rows)
+        put_rows(rstd_ref, rstd, lane_dense, rows)
+        return carry
+
+    _walk(x_ref.shape[0], step_rows, step, ())
 
 
-def _backward_kernel(h_ref, dy_ref, dh_ref, w_ref, mean_ref, rstd_ref, dx_ref, dw_ref, db_ref, *,
-                     kind: str, lane_dense: bool):
-    h = h_ref[...].astype(jnp.float32)
-    rstd = get_rows(rstd_ref, lane_dense)
-    xhat = (h - get_rows(mean_ref, lane_dense)) * rstd
-    dy = dy_ref[...].astype(jnp.float32)
-    dxhat = dy * w_ref[...].astype(jnp.float32)[None, :]
-    inner = dxhat - xhat * jnp.mean(dxhat * xhat, axis=1, keepdims=True)
-    if kind == "layer":
-        inner = inner - jnp.mean(dxhat, axis=1, keepdims=True)
-    dx_ref[...] = (rstd * inner + dh_ref[...].astype(jnp.float32)).astype(dx_ref.dtype)
-    dw_ref[...] = jnp.sum(dy * xhat, axis=0)[None, :]
-    db_ref[...] = jnp.sum(dy, axis=0)[None, :]
+def _backward_kernel(*refs, kind: str, lane_dense: bool, has_dh: bool, step_rows: int):
+    refs = list(refs)
+    h_ref, dy_ref = refs.pop(0), refs.pop(0)
+    dh_ref = refs.pop(0) if has_dh else None
+    w_ref, mean_ref, rstd_ref, dx_ref, dw_ref, db_ref = refs
+    w = w_ref[...].astype(jnp.float32)[None, :]
+
+    def step(rows, carry):
+        """dx of `rows` of the block; adds their share of dscale, dbias to the carry."""
+        h = h_ref[rows, :].astype(jnp.float32)
+        rstd = get_rows(rstd_ref, lane_dense, rows)
+        xhat = (h - get_rows(mean_ref, lane_dense, rows)) * rstd
+        dy = dy_ref[rows, :].astype(jnp.float32)
+        dxhat = dy * w
+        inner = dxhat - xhat * jnp.mean(dxhat * xhat, axis=1, keepdims=True)
+        if kind == "layer":
+            inner = inner - jnp.mean(dxhat, axis=1, keepdims=True)
+        dx = rstd * inner
+        if has_dh:
+            dx = dx + dh_ref[rows, :].astype(jnp.float32)
+        dx_ref[rows, :] = dx.astype(dx_ref.dtype)
+        dw, db = carry
+        return dw + jnp.sum(dy * xhat, axis=0), db + jnp.sum(dy, axis=0)
+
+    block_rows, d = h_ref.shape
+    zeros = jnp.zeros((d,), jnp.float32)
+    dw, db = _walk(block_rows, step_rows, step, (zeros, zeros))
+    dw_ref[...] = dw[None, :]
+    db_ref[...] = db[None, :]
 
 
 def _row_spec(block_rows: int, d: int):
@@ -96,10 +131,11 @@ def _params(interpret: bool, num_warps: int):
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "eps", "block_rows", "num_warps",
-                                             "interpret", "lane_dense"))
+                                             "interpret", "lane_dense", "step_rows"))
 def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int, interpret: bool,
-            lane_dense: bool = False, num_warps: int = 4):
-    """x, residual [n, d] with n a multiple of block_rows -> (y, h or None, mean, rstd)."""
+            lane_dense: bool = False, num_warps: int = 4, step_rows: int | None = None):
+    """x, residual [n, d] with n a multiple of block_rows -> (y, h or None, mean, rstd). Each
+    program walks its block `step_rows` rows at a time (default: all at once)."""
     n, d = x.shape
     has_residual, has_bias = residual is not None, bias is not None
     inputs = [x] + ([residual] if has_residual else []) + [scale] + ([bias] if has_bias else [])
@@ -111,7 +147,8 @@ def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int,
     out_specs = ([_row_spec(block_rows, d)] * (1 + has_residual)
                  + [_stat_spec(block_rows, lane_dense)] * 2)
     kernel = functools.partial(_forward_kernel, kind=kind, eps=eps, has_residual=has_residual,
-                               has_bias=has_bias, lane_dense=lane_dense)
+                               has_bias=has_bias, lane_dense=lane_dense,
+                               step_rows=step_rows or block_rows)
     outs = pl.pallas_call(kernel, out_shape=out_shape, grid=(n // block_rows,),
                           in_specs=in_specs, out_specs=out_specs, interpret=interpret,
                           compiler_params=_params(interpret, num_warps),
@@ -122,21 +159,26 @@ def forward(x, scale, bias, residual, *, kind: str, eps: float, block_rows: int,
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "block_rows", "num_warps", "interpret",
-                                             "lane_dense"))
+                                             "lane_dense", "step_rows"))
 def backward(h, dy, dh, scale, mean, rstd, *, kind: str, block_rows: int, interpret: bool,
-             lane_dense: bool = False, num_warps: int = 4):
-    """-> (dx, dscale, dbias); dx is also the residual's gradient, since h = x + residual."""
+             lane_dense: bool = False, num_warps: int = 4, step_rows: int | None = None):
+    """-> (dx, dscale, dbias); dx is also the residual's gradient, since h = x + residual.
+    dh (the cotangent of h) may be None. Each program walks its block `step_rows` rows at a
+    time (default: all at once)."""
     n, d = h.shape
     blocks = n // block_rows
+    has_dh = dh is not None
+    kernel = functools.partial(_backward_kernel, kind=kind, lane_dense=lane_dense, has_dh=has_dh,
+                               step_rows=step_rows or block_rows)
     dx, dw, db = pl.pallas_call(
-        functools.partial(_backward_kernel, kind=kind, lane_dense=lane_dense),
+        kernel,
         out_shape=[jax.ShapeDtypeStruct((n, d), h.dtype),
                    jax.ShapeDtypeStruct((blocks, 1, d), jnp.float32),
                    jax.ShapeDtypeStruct((blocks, 1, d), jnp.float32)],
         grid=(blocks,),
-        in_specs=([_row_spec(block_rows, d)] * 3 + [_vector_spec(d)]
+        in_specs=([_row_spec(block_rows, d)] * (2 + has_dh) + [_vector_spec(d)]
                   + [_stat_spec(block_rows, lane_dense)] * 2),
         out_specs=[_row_spec(block_rows, d), _partial_spec(d), _partial_spec(d)],
         interpret=interpret, compiler_params=_params(interpret, num_warps),
-        name=f"fused_{kind}_norm_bwd")(h, dy, dh, scale, mean, rstd)
+        name=f"fused_{kind}_norm_bwd")(h, dy, *([dh] if has_dh else []), scale, mean, rstd)
     return dx, dw.sum((0, 1)), db.sum((0, 1))
