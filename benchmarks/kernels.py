@@ -21,7 +21,7 @@ from jaxlab.kernels.fused_norm import fused_norm  # noqa: E402
 from jaxlab.kernels.fused_norm.api import block_rows_for  # noqa: E402
 from jaxlab.kernels.linear_attention import chunked_linear_attention  # noqa: E402
 from jaxlab.kernels.norm_attention import fused_norm_attention  # noqa: E402
-from jaxlab.kernels.norm_attention.reference import head_norm  # noqa: E402
+from jaxlab.kernels.norm_attention import cudnn as norm_cudnn  # noqa: E402
 
 
 def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, tiles=None):
@@ -34,10 +34,9 @@ def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, 
     def xla(q, k, v):
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal, impl="xla")
 
-    def cudnn(q, k, v):
-        qn = head_norm(q, scale, "rms", 1e-6).astype(q.dtype)
-        kn = head_norm(k, scale, "rms", 1e-6).astype(k.dtype)
-        return jax.nn.dot_product_attention(qn, kn, v, is_causal=causal, implementation="cudnn")
+    def cudnn(q, k, v):  # what impl="auto" runs on a GPU
+        return norm_cudnn.norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
+                                         sm_scale=None, eps=1e-6)
 
     candidates = {"pallas": ours, "xla": xla}
     if jax.default_backend() == "gpu":

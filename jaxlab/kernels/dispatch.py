@@ -106,12 +106,18 @@ def resolve(op: str, impl: str, supported: str | None) -> str:
         path = "pallas"
     else:
         path = impl
-    _PATHS[op] = path
+    record(op, path)
     return path
 
 
+def record(op: str, path: str) -> None:
+    """Note the path a trace of `op` took, for `last_path`."""
+    _PATHS[op] = path
+
+
 def last_path(op: str) -> str | None:
-    """The path the last trace of `op` took (None if it never ran)."""
+    """The path the last trace of `op` took (None if it never ran): "xla", "pallas",
+    "interpret", or for fused_norm_attention also "cudnn" (see its cudnn.py)."""
     return _PATHS.get(op)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxlab.errors import ConfigError
 from jaxlab.kernels import dispatch
-from jaxlab.kernels.norm_attention import pallas
+from jaxlab.kernels.norm_attention import cudnn, pallas
 from jaxlab.kernels.norm_attention.reference import (NORMALIZERS, QK_NORMS,
                                                      fused_norm_attention_reference)
 from jaxlab.kernels.tiles import LANES, lane_slab
@@ -98,7 +98,9 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     default d^-1/2). length_scale also multiplies row i's logits by log(d)·log(n_i), n_i the
     keys it sees (LSSA's scale: with qk_norm="rms", sm_scale=1/d and normalizer="softplus" this
     is LSSA without re-weighting; not with segment_ids). Rows that see no key return 0.
-    impl: see jaxlab.kernels. block_q, block_k, num_warps and num_stages tune the GPU kernel;
+    impl: see jaxlab.kernels; on a GPU, "auto" hands plain 16-bit softmax attention (no key
+    mask, segments or length scale) to XLA's norms plus cuDNN, which measured faster than our
+    kernel (cudnn.py); last_path then says "cudnn". block_q, block_k, num_warps and num_stages tune the GPU kernel;
     backward_tiles = (block_q, block_k, num_warps, num_stages) tunes the two backward kernels
     apart (default: the forward's). With none of the first three given, a GPU takes the
     measured GPU_TILES for the head dim (both passes); elsewhere blocks are up to 64. On TPU
@@ -132,6 +134,17 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     if length_scale and segments is not None:
         raise ConfigError("length_scale with segment_ids is not supported: the kernel counts "
                           "visible keys from the key mask and causality only")
+    if impl == "auto" and path == "pallas" and cudnn.takes(
+            q, k, v, key_mask_bs, normalizer=normalizer, causal=causal, segments=segments,
+            length_scale=length_scale):
+        try:
+            out = cudnn.norm_attention(q, k, v, q_scale, k_scale, qk_norm=qk_norm,
+                                       causal=causal, sm_scale=sm_scale, eps=eps)
+        except (ValueError, NotImplementedError, RuntimeError):
+            out = None  # cuDNN refused these shapes or this GPU: our kernel below
+        if out is not None:
+            dispatch.record(OP, "cudnn")
+            return out
     if path == "xla":
         return fused_norm_attention_reference(
             q, k, v, q_scale, k_scale, key_mask_bs, qk_norm=qk_norm, normalizer=normalizer,
