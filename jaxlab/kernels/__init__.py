@@ -3,7 +3,8 @@
 `impl` chooses the path: "xla" (the reference, always available), "pallas" (compiled for the
 GPU or TPU), "interpret" (the Pallas kernel run by the interpreter, so CPU tests exercise the
 kernel's own code), or "auto" (Pallas on GPU/TPU when the shapes are supported, else XLA;
-on a GPU, plain softmax norm-attention goes to cuDNN, which measured faster than our kernel).
+except where a GPU measured another path faster: plain softmax norm-attention goes to cuDNN,
+the fused norm to XLA).
 `last_path(op)` says which path the most recent trace of `op` took.
 """
 from jaxlab.kernels.dispatch import IMPLS, last_path, resolve  # noqa: F401

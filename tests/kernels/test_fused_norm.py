@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxlab.errors import ConfigError
-from jaxlab.kernels import last_path
+from jaxlab.kernels import dispatch, last_path
 from jaxlab.kernels.fused_norm import fused_norm
 from jaxlab.kernels.fused_norm.reference import fused_norm_reference
 from tests.kernels.helpers import COMPILED, KERNEL_IMPL, assert_matches_reference
@@ -57,6 +57,17 @@ def test_launch_settings_are_checked():
         fused_norm(x, jnp.ones(16), impl=KERNEL_IMPL, step_rows=3)
     with pytest.raises(ConfigError, match="step_rows 16 is more than block_rows 8"):
         fused_norm(x, jnp.ones(16), impl=KERNEL_IMPL, block_rows=8, step_rows=16)
+
+
+@pytest.mark.skipif(COMPILED, reason="sets the backend to a GPU on the CPU")
+def test_auto_on_a_gpu_takes_xla_and_pallas_stays_the_kernel(monkeypatch):
+    monkeypatch.setattr(dispatch, "backend", lambda: "gpu")
+    x, w = jnp.ones((8, 128), jnp.bfloat16), jnp.ones(128)
+    fused_norm(x, w, impl="auto")
+    assert last_path("fused_norm") == "xla"  # the faster path on an H100 (AUTO_ON_GPU)
+    # traced only: the Triton kernel cannot run on the CPU
+    jax.eval_shape(lambda x: fused_norm(x, w, impl="pallas"), x)
+    assert last_path("fused_norm") == "pallas"
 
 
 @pytest.mark.skipif(COMPILED, reason="checks the CPU paths")
