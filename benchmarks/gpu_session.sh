@@ -7,9 +7,9 @@
 #   bash benchmarks/gpu_session.sh [OUT_DIR]      # logs land in OUT_DIR (default gpu_results)
 #
 # Each part has its own time limit in seconds (PARITY_S, ATTENTION_S, NORM_S, LINEAR_S,
-# SWEEP_S, MFU_S; 0 skips a part) so one slow part cannot starve the next. The defaults fit a
-# 10-minute call (about 95 s of parity, 10 table rows of about 25 s). Extra arguments:
-# PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS.
+# SWEEP_S, MFU_S; 0 skips a part) so one slow part cannot starve the next. The defaults, 565 s
+# in all, fit a 10-minute call (about 95 s of parity, 10 table rows of about 25 s). Extra
+# arguments: PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS.
 set -u
 out=${1:-gpu_results}
 mkdir -p "$out"
@@ -33,8 +33,8 @@ JAX_PLATFORMS=cuda JAXLAB_TEST_KERNELS=pallas JAX_DEFAULT_MATMUL_PRECISION=highe
   tests/kernels > "$out/parity.txt" 2>&1
 echo "parity exit $?"; tail -25 "$out/parity.txt"
 
-part attention "${ATTENTION_S:-260}" python benchmarks/kernels.py --parts attention --rounds 5 --calls 3 ${KERNELS_ARGS:-}
-part norm "${NORM_S:-120}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
-part linear "${LINEAR_S:-60}" python benchmarks/kernels.py --parts linear --rounds 5 ${KERNELS_ARGS:-}
+part attention "${ATTENTION_S:-250}" python benchmarks/kernels.py --parts attention --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part norm "${NORM_S:-115}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part linear "${LINEAR_S:-70}" python benchmarks/kernels.py --parts linear --rounds 5 ${KERNELS_ARGS:-}
 part sweep "${SWEEP_S:-0}" python benchmarks/kernels.py --parts blocks --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part mfu "${MFU_S:-0}" python benchmarks/mfu.py ${MFU_ARGS:-}
