@@ -52,10 +52,10 @@ def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: fl
 
     kind "rms" (RMSNorm, bias allowed but unusual) or "layer" (LayerNorm). Statistics run in
     float32; y and h keep x's dtype. impl: see jaxlab.kernels ("auto" on a GPU runs
-    AUTO_ON_GPU, XLA: this kernel's backward measured slower there). block_rows (rows per program, a
-    power of two; default about 64 KiB of float32), num_warps and step_rows (rows a program
-    handles at a time as it walks its block, a power of two up to block_rows; default the whole
-    block) tune the GPU kernel.
+    AUTO_ON_GPU, XLA: this kernel's backward measured slower there). block_rows (rows per
+    program, a power of two; default about 64 KiB of float32), num_warps and step_rows (rows a
+    program handles at a time as it walks its block, a power of two up to block_rows; default
+    the whole block) tune the GPU kernel.
     """
     if kind not in KINDS:
         raise ConfigError(f"fused_norm kind {kind!r} is unknown; valid: {', '.join(KINDS)}")

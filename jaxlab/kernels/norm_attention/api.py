@@ -100,11 +100,12 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     is LSSA without re-weighting; not with segment_ids). Rows that see no key return 0.
     impl: see jaxlab.kernels; on a GPU, "auto" hands plain 16-bit softmax attention (no key
     mask, segments or length scale) to XLA's norms plus cuDNN, which measured faster than our
-    kernel (cudnn.py); last_path then says "cudnn". block_q, block_k, num_warps and num_stages tune the GPU kernel;
-    backward_tiles = (block_q, block_k, num_warps, num_stages) tunes the two backward kernels
-    apart (default: the forward's). With none of the first three given, a GPU takes the
-    measured GPU_TILES for the head dim (both passes); elsewhere blocks are up to 64. On TPU
-    the blocks default to 128 and must be multiples of 8 (queries) and 128 (keys).
+    kernel (cudnn.py); last_path then says "cudnn". block_q, block_k, num_warps and
+    num_stages tune the GPU kernel; backward_tiles = (block_q, block_k, num_warps,
+    num_stages) tunes the two backward kernels apart (default: the forward's). With none of
+    the first three given, a GPU takes the measured GPU_TILES for the head dim (both passes);
+    elsewhere blocks are up to 64. On TPU the blocks default to 128 and must be multiples of 8
+    (queries) and 128 (keys).
     """
     if normalizer not in NORMALIZERS:
         raise ConfigError(f"normalizer {normalizer!r} is unknown; valid: {', '.join(NORMALIZERS)}")
