@@ -16,9 +16,9 @@ on_the_cpu = pytest.mark.skipif(COMPILED, reason="a GPU runs cuDNN itself")
 
 @pytest.fixture
 def gpu_without_cudnn(monkeypatch):
+    """Kernels chosen as on a GPU; jax's XLA attention computes what cuDNN would."""
     if COMPILED:
         pytest.skip("a GPU runs cuDNN itself")
-    """Kernels chosen as on a GPU; jax's XLA attention computes what cuDNN would."""
     monkeypatch.setattr(dispatch, "backend", lambda: "gpu")
     monkeypatch.setattr(cudnn, "IMPLEMENTATION", "xla")
 
