@@ -64,7 +64,7 @@ def test_auto_on_a_gpu_takes_xla_and_pallas_stays_the_kernel(monkeypatch):
     monkeypatch.setattr(dispatch, "backend", lambda: "gpu")
     x, w = jnp.ones((8, 128), jnp.bfloat16), jnp.ones(128)
     fused_norm(x, w, impl="auto")
-    assert last_path("fused_norm") == "xla"  # the faster path on an H100 (AUTO_ON_GPU)
+    assert last_path("fused_norm") == "xla"  # the faster path on an H100 (XLA_FASTER_ON)
     # traced only: the Triton kernel cannot run on the CPU
     jax.eval_shape(lambda x: fused_norm(x, w, impl="pallas"), x)
     assert last_path("fused_norm") == "pallas"

@@ -13,12 +13,12 @@ from jaxlab.kernels.fused_norm.reference import KINDS, fused_norm_reference
 
 OP = "fused_norm"
 
-# What impl="auto" runs on a GPU. On an H100 (benchmarks/RESULTS.md, stop 14) XLA's norm
+# Backends where impl="auto" takes XLA. On an H100 (benchmarks/RESULTS.md, stop 14) XLA's norm
 # forward+backward ran at 107% of copy bandwidth and this kernel's at 63% (d=1024) and 14%
 # (d=4096); its forward alone won only at d=1024 (112% against 90%). Training needs both
 # passes, so auto takes XLA there until a kernel launch measures faster; impl="pallas" still
 # runs the kernel.
-AUTO_ON_GPU = "xla"
+XLA_FASTER_ON = frozenset({"gpu"})
 
 
 def block_rows_for(n: int, d: int) -> int:
@@ -51,8 +51,8 @@ def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: fl
     """norm(x + residual) · scale + bias over the last axis; returns y, or (y, x + residual).
 
     kind "rms" (RMSNorm, bias allowed but unusual) or "layer" (LayerNorm). Statistics run in
-    float32; y and h keep x's dtype. impl: see jaxlab.kernels ("auto" on a GPU runs
-    AUTO_ON_GPU, XLA: this kernel's backward measured slower there). block_rows (rows per
+    float32; y and h keep x's dtype. impl: see jaxlab.kernels ("auto" on a GPU takes XLA:
+    this kernel's backward measured slower there, XLA_FASTER_ON). block_rows (rows per
     program, a power of two; default about 64 KiB of float32), num_warps and step_rows (rows a
     program handles at a time as it walks its block, a power of two up to block_rows; default
     the whole block) tune the GPU kernel.
@@ -60,12 +60,10 @@ def fused_norm(x, scale, bias=None, residual=None, *, kind: str = "rms", eps: fl
     if kind not in KINDS:
         raise ConfigError(f"fused_norm kind {kind!r} is unknown; valid: {', '.join(KINDS)}")
     try:
-        path = dispatch.resolve(OP, impl, unsupported(x.shape[-1], x.dtype.itemsize))
+        path = dispatch.resolve(OP, impl, unsupported(x.shape[-1], x.dtype.itemsize),
+                                xla_faster_on=XLA_FASTER_ON)
     except dispatch.Unsupported as error:
         raise ConfigError(str(error)) from None
-    if impl == "auto" and dispatch.backend() == "gpu":
-        path = AUTO_ON_GPU
-        dispatch.record(OP, path)
     for name, value in (("block_rows", block_rows), ("step_rows", step_rows)):
         if value is not None and (value < 1 or value & (value - 1)):
             raise ConfigError(f"{name} must be a power of two, got {value}")
