@@ -22,6 +22,18 @@ def attention_mask(q_len: int, k_len: int, *, causal: bool,
     return mask
 
 
+def cudnn_flash_takes(q_bthd, k_bshd, v_bshd, *, causal: bool, key_mask_bs=None) -> bool:
+    """Whether cuDNN's flash kernel (jax.nn.dot_product_attention(implementation="cudnn")) on a
+    GPU computes this call as we define it: one 16-bit dtype, a head dim that is a multiple of
+    8 up to 128, no padding mask and, when causal, as many queries as keys (its causal mask
+    starts at the first key, ours at the end). The caller checks that the backend is a GPU."""
+    dtypes = {q_bthd.dtype, k_bshd.dtype, v_bshd.dtype}
+    d = q_bthd.shape[-1]
+    return (key_mask_bs is None and (q_bthd.shape[1] == k_bshd.shape[1] or not causal)
+            and len(dtypes) == 1 and dtypes <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)}
+            and d % 8 == 0 and d <= 128)
+
+
 def softmax_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, *,
                       causal: bool = False, key_mask_bs: jax.Array | None = None,
                       scale: float | None = None, softcap: float = 0.0,
@@ -51,7 +63,8 @@ def softmax_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, *
         if dtypes == {jnp.dtype(jnp.float32)}:
             return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, scale=scale,
                                                 is_causal=causal)
-        if len(dtypes) == 1 and jax.default_backend() == "gpu" and d % 8 == 0 and d <= 128:
+        if jax.default_backend() == "gpu" and cudnn_flash_takes(q_bthd, k_bshd, v_bshd,
+                                                                causal=causal):
             try:
                 return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, scale=scale,
                                                     is_causal=causal, implementation="cudnn")

@@ -142,8 +142,8 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
             out = cudnn.norm_attention(q, k, v, q_scale, k_scale, qk_norm=qk_norm,
                                        causal=causal, sm_scale=sm_scale, eps=eps)
         except (ValueError, NotImplementedError, RuntimeError):
-            out = None  # cuDNN refused these shapes or this GPU: our kernel below
-        if out is not None:
+            pass  # cuDNN refused these shapes or this GPU: our kernel below
+        else:
             dispatch.record(OP, "cudnn")
             return out
     if path == "xla":
