@@ -39,15 +39,15 @@ def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, 
         return norm_cudnn.norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
                                          sm_scale=None, eps=1e-6)
 
-    def mosaic(q, k, v):  # the Hopper forward; its backward is the Triton kernels'
+    def mosaic(q, k, v):  # the Hopper kernels, both passes
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
-                                    impl=kernel_impl, gpu_forward="mosaic")
+                                    impl=kernel_impl, gpu_kernel="mosaic")
 
     candidates = {"pallas": ours, "xla": xla}
     if jax.default_backend() == "gpu":
         candidates["xla-norm+cudnn"] = cudnn
         if mosaic_gpu.unsupported(q, k) is None:
-            candidates["mosaic fwd"] = mosaic
+            candidates["mosaic"] = mosaic
     return candidates
 
 
@@ -138,9 +138,9 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None):
         bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
         rows.append((name, flops_fwd / times["fwd"] / 1e12, 2.5 * flops_fwd / bwd / 1e12,
                      3.5 * flops_fwd / times["fwd+bwd"] / 1e12))
-        if name in ("pallas", "xla", "mosaic fwd"):  # kept for the error lines below
+        if name in ("pallas", "xla", "mosaic"):  # kept for the error lines below
             results[name] = f(q, k, v), g(q, k, v)
-    for name in ("pallas", "mosaic fwd"):
+    for name in ("pallas", "mosaic"):
         if name in results and "xla" in results:
             error = relative_error(results[name], results["xla"])
             rows.append((f"{name} vs xla", f"relative error {error:.1e} (values and gradients)"))

@@ -7,9 +7,9 @@ except where a GPU measured another path faster: plain softmax norm-attention go
 the fused norm to XLA).
 `last_path(op)` says which path the most recent trace of `op` took.
 
-On a Hopper GPU, norm-attention's forward can also run as a Mosaic GPU kernel (wgmma, TMA,
-warp specialization): `fused_norm_attention(..., gpu_forward="mosaic")`, see
-norm_attention/mosaic_gpu.py. It needs jax ≥ 0.11 and is not the default until a GPU has
+On a Hopper GPU, norm-attention can also run as Mosaic GPU kernels (wgmma, TMA, warp
+specialization): `fused_norm_attention(..., gpu_kernel="mosaic")`, see
+norm_attention/mosaic_gpu.py and mosaic_backward.py. It needs jax ≥ 0.11 and is not the default until a GPU has
 timed it.
 """
 from jaxlab.kernels.dispatch import IMPLS, last_path, resolve  # noqa: F401

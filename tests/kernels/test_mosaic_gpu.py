@@ -1,7 +1,7 @@
-"""The Hopper forward in Mosaic GPU (`gpu_forward="mosaic"`): run by Mosaic GPU's interpreter
-against the XLA reference (values, the backward's row statistic, and gradients through the
-Triton backward), and lowered for CUDA on the CPU, which runs Mosaic GPU's layout inference and
-shared-memory check on the compiled kernel. The interpreter and the lowering need jax ≥ 0.11:
+"""The Hopper kernels in Mosaic GPU (`gpu_kernel="mosaic"`): run by Mosaic GPU's interpreter
+against the XLA reference (values, the forward's row statistic, and gradients through the
+dQ and dK/dV kernels), and lowered for CUDA on the CPU, which runs Mosaic GPU's layout
+inference and shared-memory check on the compiled kernels. The interpreter and the lowering need jax ≥ 0.11:
 CI's Python 3.12 pass runs this file, its Python 3.11 pass (jax 0.10) skips it."""
 import jax
 import jax.numpy as jnp
@@ -19,13 +19,13 @@ pytestmark = pytest.mark.skipif(not mosaic_gpu.available(),
                                 reason=f"Mosaic GPU needs jax ≥ 0.11, this is {jax.__version__}")
 
 
-def inputs(t, s, heads, d, dtype, seed=0, key_shift=0.0):
+def inputs(t, s, heads, d, dtype, seed=0, key_shift=0.0, gain_spread=0.1):
     h, h_kv = heads
     keys = jax.random.split(jax.random.key(seed), 5)
     q = (2 * jax.random.normal(keys[0], (2, t, h, d))).astype(dtype)
     k = (2 * jax.random.normal(keys[1], (2, s, h_kv, d)) + key_shift).astype(dtype)
     v = jax.random.normal(keys[2], (2, s, h_kv, d)).astype(dtype)
-    scales = [1 + 0.1 * jax.random.normal(key, (d,)) for key in keys[3:]]
+    scales = [1 + gain_spread * jax.random.normal(key, (d,)) for key in keys[3:]]
     return q, k, v, *scales
 
 
@@ -69,6 +69,26 @@ def test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, bloc
     close(jnp.where(seen, stat, 0.0), jnp.where(seen, want_stat, 0.0), 1e-2)
 
 
+def check_gradients(t, s, heads, d, qk_norm, normalizer, causal, dtype):
+    # Uneven gains: LayerNorm's Σ_d q' (and so the keys' mean term) is 0 when they are even.
+    args = inputs(t, s, heads, d, dtype, seed=t, key_shift=0.5, gain_spread=0.5)
+    call = lambda impl, kernel: (lambda q, k, v, a, b: fused_norm_attention(
+        q, k, v, a, b, qk_norm=qk_norm, normalizer=normalizer, causal=causal, impl=impl,
+        gpu_kernel=kernel))
+    assert_matches_reference(call(KERNEL_IMPL, "mosaic"), call("xla", "triton"), args,
+                             jnp.bfloat16)
+
+
+@pytest.mark.parametrize("t,s,heads,qk_norm,normalizer,causal", [
+    (100, 150, (4, 2), "layer", "softmax", True),   # GQA, both norms' corrections, causal
+    (150, 100, (2, 1), "rms", "softplus", True),    # t > s: rows and blocks that see no key
+    (70, 200, (2, 2), None, "softmax", False),
+    (130, 130, (2, 1), "layer", "softplus", False),
+])
+def test_gradients_match_reference(t, s, heads, qk_norm, normalizer, causal):
+    check_gradients(t, s, heads, 64, qk_norm, normalizer, causal, jnp.bfloat16)
+
+
 @settings(max_examples=4, deadline=None, derandomize=True)
 @given(t=st.integers(1, 140), extra_keys=st.sampled_from([0, 37]),
        heads=st.sampled_from([(2, 2), (4, 2), (2, 1)]), d=st.sampled_from([64, 128]),
@@ -77,12 +97,7 @@ def test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, bloc
        dtype=st.sampled_from([jnp.bfloat16, jnp.float16]))
 def test_values_and_gradients_match_reference(t, extra_keys, heads, d, qk_norm, normalizer,
                                                causal, dtype):
-    args = inputs(t, t + extra_keys, heads, d, dtype, seed=t)
-    call = lambda impl, forward: (lambda q, k, v, a, b: fused_norm_attention(
-        q, k, v, a, b, qk_norm=qk_norm, normalizer=normalizer, causal=causal, impl=impl,
-        gpu_forward=forward, backward_tiles=None if COMPILED else (16, 16, None, 2)))
-    assert_matches_reference(call(KERNEL_IMPL, "mosaic"), call("xla", "triton"), args,
-                             jnp.bfloat16)
+    check_gradients(t, t + extra_keys, heads, d, qk_norm, normalizer, causal, dtype)
 
 
 def lower_for_gpu(fn, *args) -> str:
@@ -92,38 +107,39 @@ def lower_for_gpu(fn, *args) -> str:
 
 @pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages", [
     (128, "rms", "softmax", 128, 2), (64, "layer", "softplus", 64, 3),
-    (256, None, "softmax", 64, 2)])
-def test_compiled_kernel_lowers_for_cuda(d, qk_norm, normalizer, block_kv, stages):
+    (128, None, "softmax", 64, 2)])
+def test_compiled_kernels_lower_for_cuda(d, qk_norm, normalizer, block_kv, stages):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
-    (p from registers, wgmma into a live accumulator): only this lowering checks it on a CPU.
-    The gradient holds the Mosaic GPU forward and the two Triton backward kernels."""
+    (a register operand, wgmma into a live accumulator): only this lowering checks it on a
+    CPU. The gradient holds the three Mosaic GPU kernels: forward, dQ, dK/dV."""
     q, k = jnp.ones((2, 300, 4, d), jnp.bfloat16), jnp.ones((2, 520, 2, d), jnp.bfloat16)
     scale = jnp.ones((d,))
     loss = lambda q, k, v, a, b: fused_norm_attention(
         q, k, v, a, b, qk_norm=qk_norm, normalizer=normalizer, causal=True, impl="pallas",
-        gpu_forward="mosaic", block_k=block_kv, num_stages=stages).astype(jnp.float32).sum()
+        gpu_kernel="mosaic", block_k=block_kv, num_stages=stages).astype(jnp.float32).sum()
     text = lower_for_gpu(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), q, k, k, scale, scale)
-    assert text.count("@mosaic_gpu") == 1
-    assert text.count("__gpu$xla.gpu.triton") == 2
+    assert text.count("@mosaic_gpu") == 3
+    assert text.count("__gpu$xla.gpu.triton") == 0
 
 
 def test_shared_memory_check_agrees_with_the_lowering():
     """`unsupported` refuses the settings Mosaic GPU's own shared-memory check rejects."""
-    q = jnp.ones((1, 128, 1, 256), jnp.bfloat16)
-    assert mosaic_gpu.unsupported(q, q, block_kv=64, stages=2) is None
-    assert "shared memory" in mosaic_gpu.unsupported(q, q, block_kv=128, stages=3)
+    q = jnp.ones((1, 128, 1, 128), jnp.bfloat16)
+    assert mosaic_gpu.unsupported(q, q, block_kv=128, stages=2) is None
+    assert "shared memory" in mosaic_gpu.unsupported(q, q, block_kv=256, stages=3)
     forward = lambda q, k, v: mosaic_gpu.forward(q, k, v, None, None, qk_norm=None,
                                                  normalizer="softmax", causal=False,
-                                                 sm_scale=0.1, eps=1e-6, block_kv=128,
+                                                 sm_scale=0.1, eps=1e-6, block_kv=256,
                                                  stages=3)
     with pytest.raises(ValueError, match="shared memory"):
         lower_for_gpu(forward, q, q, q)
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(gpu_forward="cutlass"), "gpu_forward 'cutlass' is unknown"),
+    (dict(gpu_kernel="cutlass"), "gpu_kernel 'cutlass' is unknown"),
     (dict(dtype=jnp.float32), "bfloat16 or float16"),
-    (dict(d=32), "multiple of 64"),
+    (dict(d=32), "head dim 64 or 128"),
+    (dict(d=256), "head dim 64 or 128"),
     (dict(masked=True), "no key mask"),
     (dict(length_scale=True), "no key mask, segment ids or length scale"),
 ])
@@ -131,6 +147,6 @@ def test_refusals_name_the_value(change, message):
     d, dtype = change.pop("d", 64), change.pop("dtype", jnp.bfloat16)
     q = jnp.ones((1, 8, 2, d), dtype)
     mask = jnp.ones((1, 8), bool) if change.pop("masked", False) else None
-    change.setdefault("gpu_forward", "mosaic")
+    change.setdefault("gpu_kernel", "mosaic")
     with pytest.raises(ConfigError, match=message):
         fused_norm_attention(q, q, q, None, None, mask, impl="interpret", **change)

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 
 from jaxlab.errors import ConfigError
 from jaxlab.kernels import dispatch
-from jaxlab.kernels.norm_attention import cudnn, mosaic_gpu, pallas
+from jaxlab.kernels.norm_attention import cudnn, mosaic_backward, mosaic_gpu, pallas
 from jaxlab.kernels.norm_attention.reference import (NORMALIZERS, QK_NORMS,
                                                      fused_norm_attention_reference)
 from jaxlab.kernels.tiles import LANES, lane_slab
 
 OP = "fused_norm_attention"
-GPU_FORWARDS = ("triton", "mosaic")
+GPU_KERNELS = ("triton", "mosaic")
 
 
 # Mosaic's tiles are 8 sublanes × 128 lanes: keys run along the lanes of a score tile, so a
@@ -89,7 +89,7 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
                          num_warps: int | None = None, num_stages: int = 2,
                          length_scale: bool = False,
                          backward_tiles: tuple[int, int, int | None, int] | None = None,
-                         gpu_forward: str = "triton"):
+                         gpu_kernel: str = "triton"):
     """Attention whose q and k are RMS/Layer-normalized over head_dim inside the kernel.
 
     q [b, t, h, d]; k, v [b, s, h_kv, d] (GQA when h_kv < h); q_scale, k_scale [d] (the norms'
@@ -107,11 +107,10 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     num_stages) tunes the two backward kernels apart (default: the forward's). With none of
     the first three given, a GPU takes the measured GPU_TILES for the head dim (both passes);
     elsewhere blocks are up to 64. On TPU the blocks default to 128 and must be multiples of 8
-    (queries) and 128 (keys). gpu_forward="mosaic" runs the forward as the Hopper Mosaic GPU
-    kernel of mosaic_gpu.py (block_k and num_stages tune it; the backward stays the Triton
-    kernels), with impl="interpret" in Mosaic GPU's interpreter: 16-bit, head dim a multiple
-    of 64, no key mask, segments or length scale, jax ≥ 0.11. Not yet timed on a GPU, so not
-    the default.
+    (queries) and 128 (keys). gpu_kernel="mosaic" runs both passes as the Hopper Mosaic GPU
+    kernels of mosaic_gpu.py and mosaic_backward.py (block_k and num_stages tune the forward),
+    with impl="interpret" in Mosaic GPU's interpreter: 16-bit, head dim 64 or 128, no key
+    mask, segments or length scale, jax ≥ 0.11. Not yet timed on a GPU, so not the default.
     """
     if normalizer not in NORMALIZERS:
         raise ConfigError(f"normalizer {normalizer!r} is unknown; valid: {', '.join(NORMALIZERS)}")
@@ -121,10 +120,10 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     s_len, h_kv = k.shape[1], k.shape[2]
     if h % h_kv:
         raise ConfigError(f"query heads {h} must be a multiple of key/value heads {h_kv}")
-    if gpu_forward not in GPU_FORWARDS:
-        raise ConfigError(f"gpu_forward {gpu_forward!r} is unknown; valid: "
-                          f"{', '.join(GPU_FORWARDS)}")
-    mosaic = gpu_forward == "mosaic"
+    if gpu_kernel not in GPU_KERNELS:
+        raise ConfigError(f"gpu_kernel {gpu_kernel!r} is unknown; valid: "
+                          f"{', '.join(GPU_KERNELS)}")
+    mosaic = gpu_kernel == "mosaic"
     mosaic_block_k = block_k or mosaic_gpu.default_block_kv(d)
     if dispatch.backend() == "gpu" and (block_q, block_k, num_warps) == (None, None, None):
         (block_q, block_k, num_warps, num_stages), default_bwd = gpu_tiles(d, t, s_len)
@@ -150,8 +149,15 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
         why_not = (mosaic_gpu.unsupported(q, k, mosaic_block_k, num_stages)
                    or _mosaic_refuses(key_mask_bs, segments, length_scale, path))
         if why_not:
-            raise ConfigError(f"gpu_forward='mosaic': {why_not}")
-    if impl == "auto" and path == "pallas" and not mosaic and cudnn.takes(
+            raise ConfigError(f"gpu_kernel='mosaic': {why_not}")
+        call = MosaicCall(qk_norm=qk_norm, normalizer=normalizer, causal=causal,
+                          sm_scale=float(d ** -0.5 if sm_scale is None else sm_scale), eps=eps,
+                          block_k=mosaic_block_k, stages=num_stages)
+        ones = jnp.ones((d,), jnp.float32)
+        return _mosaic_attention(q, k, v, ones if q_scale is None else q_scale,
+                                 ones if k_scale is None else k_scale, call,
+                                 path == "interpret")
+    if impl == "auto" and path == "pallas" and cudnn.takes(
             q, k, v, key_mask_bs, normalizer=normalizer, causal=causal, segments=segments,
             length_scale=length_scale):
         try:
@@ -176,10 +182,7 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
                         segmented=segments is not None, length_scaled=length_scale,
                         num_warps=num_warps, num_stages=num_stages,
                         lane_dense=dispatch.lane_dense(),
-                        key_masked=key_mask_bs is not None or s_len % pad_k != 0,
-                        forward_kernel="mosaic" if mosaic else "pallas")
-    if mosaic:
-        g = dataclasses.replace(g, block_k=mosaic_block_k)
+                        key_masked=key_mask_bs is not None or s_len % pad_k != 0)
     g_bwd = dataclasses.replace(g, block_q=bwd_q, block_k=bwd_k, num_warps=bwd_warps,
                                 num_stages=bwd_stages)
     ones = jnp.ones((d,), jnp.float32)
@@ -272,25 +275,9 @@ def _attention_fwd(q, k, v, q_scale, k_scale, masks, geometries, interpret):
     g = geometries[0]
     tq, tk = masks[1].shape[1], masks[0].shape[1]
     qk, kk, vk = (_to_kernel_layout(q, tq), _to_kernel_layout(k, tk), _to_kernel_layout(v, tk))
-    if g.forward_kernel == "mosaic":
-        out, stat = _mosaic_forward(q, k, v, q_scale, k_scale, g, tq, interpret)
-    else:
-        out, stat = pallas.forward(qk, kk, vk, *_layouts(masks, g), q_scale, k_scale, g=g,
-                                   interpret=interpret)
+    out, stat = pallas.forward(qk, kk, vk, *_layouts(masks, g), q_scale, k_scale, g=g,
+                               interpret=interpret)
     return _from_kernel_layout(out, g.q_len), (qk, kk, vk, masks, q_scale, k_scale, out, stat)
-
-
-def _mosaic_forward(q, k, v, q_scale, k_scale, g, padded_len: int, interpret: bool):
-    """The Mosaic GPU forward, its output and statistic laid out as pallas.forward's. Padded
-    query rows get the statistic that zeroes their weights in the backward: +inf for softmax
-    (exp2(s − inf) = 0), 0 for softplus (its inverse is taken as 0)."""
-    out, stat = mosaic_gpu.forward(q, k, v, q_scale, k_scale, qk_norm=g.qk_norm,
-                                   normalizer=g.normalizer, causal=g.causal,
-                                   sm_scale=g.sm_scale, eps=g.eps, block_kv=g.block_k,
-                                   stages=g.num_stages, interpret=interpret)
-    fill = jnp.inf if g.normalizer == "softmax" else 0.0
-    stat = jnp.pad(stat, ((0, 0), (0, 0), (0, padded_len - g.q_len)), constant_values=fill)
-    return _to_kernel_layout(out, padded_len), stat
 
 
 def _attention_bwd(geometries, interpret, saved, dout):
@@ -305,3 +292,41 @@ def _attention_bwd(geometries, interpret, saved, dout):
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicCall:
+    """The static settings of a call that runs the Mosaic GPU kernels."""
+    qk_norm: str | None
+    normalizer: str
+    causal: bool
+    sm_scale: float
+    eps: float
+    block_k: int
+    stages: int
+
+    def options(self):
+        """The keyword arguments both passes share."""
+        return dict(qk_norm=self.qk_norm, normalizer=self.normalizer, causal=self.causal,
+                    sm_scale=self.sm_scale, eps=self.eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _mosaic_attention(q, k, v, q_scale, k_scale, call, interpret):
+    return _mosaic_attention_fwd(q, k, v, q_scale, k_scale, call, interpret)[0]
+
+
+def _mosaic_attention_fwd(q, k, v, q_scale, k_scale, call, interpret):
+    out, stat = mosaic_gpu.forward(q, k, v, q_scale, k_scale, block_kv=call.block_k,
+                                   stages=call.stages, interpret=interpret, **call.options())
+    return out, (q, k, v, q_scale, k_scale, out, stat)
+
+
+def _mosaic_attention_bwd(call, interpret, saved, dout):
+    q, k, v, q_scale, k_scale, out, stat = saved
+    dq, dk, dv, dqs, dks = mosaic_backward.backward(q, k, v, q_scale, k_scale, out, stat, dout,
+                                                    interpret=interpret, **call.options())
+    return dq, dk, dv, dqs.astype(q_scale.dtype), dks.astype(k_scale.dtype)
+
+
+_mosaic_attention.defvjp(_mosaic_attention_fwd, _mosaic_attention_bwd)

@@ -1,18 +1,19 @@
 """Hopper (sm_90) forward kernel for fused norm-attention in Mosaic GPU: TMA copies, wgmma
 tile products and warp specialization, the structure that cuDNN's and FlashAttention-3's
-kernels share and that our Triton kernel cannot express.
+kernels share and that our Triton kernel cannot express. mosaic_backward.py holds the
+backward kernels, built from the helpers here.
 
 One program per (query head, 128 queries, batch) runs three warpgroups: two compute
 warpgroups own 64 query rows each (one wgmma's height), and a memory warpgroup streams the key,
-value and key-statistic blocks into a ring of `stages` SMEM slots. "Ready" barriers tell the
-compute warpgroups a slot has landed; "free" barriers, one arrival per compute warpgroup, tell
-the memory warpgroup it may overwrite it.
+value and key-statistic blocks into a ring of `stages` SMEM slots (`produce`). "Ready"
+barriers tell the compute warpgroups a slot has landed; a "free" barrier, one arrival per
+compute warpgroup, tells the memory warpgroup it may overwrite it.
 
 The norms stay fused without rewriting k per query block. Each compute warpgroup normalizes
 its q tile once, in registers, and folds into it everything that multiplies a logit along
-head_dim: both norms' gains (k's gain moves to the q side of the product), the logit scale and,
-for softmax, log2 e (the exponentials are exp2). The keys enter the products raw; their norm
-is per key row, so it is applied to the score tile's columns:
+head_dim (`logit_gain`): both norms' gains (k's gain moves to the q side of the product), the
+logit scale and, for softmax, log2 e (the exponentials are exp2). The keys enter the products
+raw; their norm is per key row, so it is applied to the score tile's columns:
 
     s_ij = q'_i · k̂_j = rstd_j (q'_i · k_j) − rstd_j μ_j Σ_d q'_id      (μ = 0 for RMSNorm)
 
@@ -22,11 +23,12 @@ product sum; Σ_d q' is taken over the rounded q' the product reads, so the two 
 
 Causality is end-aligned (query i sees keys ≤ i + s − t) as in pallas.py; keys past the
 unpadded length are masked in the last block. Outputs: o [b, t, h, d] and one float32
-statistic per query, [b, h, t] (base-2 log-sum-exp of the kernel's logits for softmax, the ℓ1
-sum for softplus), the residual pallas.py's backward kernels read.
+statistic per query, [b, h, t]: the base-2 log-sum-exp of the kernel's logits for softmax
+(+inf for a row that sees no key), the ℓ1 sum for softplus.
 
-Needs jax ≥ 0.11 (`plgpu.kernel` with a GPU interpreter), 16-bit inputs and a head dim that
-is a multiple of 64 up to 256. On a CPU, `interpret=True` runs it in Mosaic GPU's interpreter.
+Needs jax ≥ 0.11 (`plgpu.kernel` with a GPU interpreter), 16-bit inputs and head dim 64 or
+128. On a CPU, `interpret=True` runs it in Mosaic GPU's interpreter, and lowering for CUDA
+(`dispatch.target("gpu")`) runs Mosaic GPU's layout inference and shared-memory check.
 """
 from __future__ import annotations
 
@@ -52,8 +54,8 @@ NEG = -1e30             # a finite "minus infinity", as in pallas.py
 
 
 def default_block_kv(head_dim: int) -> int:
-    """Keys per block: 128, or 64 above head dim 128 so that two stages fit in SMEM."""
-    return 128 if head_dim <= 128 else 64
+    """Keys per forward step: 128 (two stages of it fit in SMEM at head dim 128)."""
+    return 128
 
 
 def smem_bytes(head_dim: int, block_kv: int, stages: int, itemsize: int = 2) -> int:
@@ -72,8 +74,8 @@ def unsupported(q, k, block_kv: int = 128, stages: int = 2) -> str | None:
         return f"Mosaic GPU kernels need jax ≥ 0.11, this is {jax.__version__}"
     if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
         return f"the Mosaic GPU kernel takes bfloat16 or float16 inputs, got {q.dtype}"
-    if d % 64 or d > 256:
-        return f"the Mosaic GPU kernel needs a head dim that is a multiple of 64 up to 256, got {d}"
+    if d not in (64, 128):  # the dK/dV kernel holds two [64, d] float32 accumulators
+        return f"the Mosaic GPU kernels take head dim 64 or 128, got {d}"
     if block_kv % 64 or block_kv > 256:
         return f"block_kv must be a multiple of 64 up to 256, got {block_kv}"
     if stages < 2:
@@ -100,6 +102,18 @@ def key_stats(k, qk_norm: str | None, eps: float):
     return rstd, rstd * mean
 
 
+def logit_gain(d: int, q_scale, k_scale, *, qk_norm: str | None, normalizer: str,
+               sm_scale: float):
+    """[d] float32: everything that multiplies a logit along head_dim, folded into the q side:
+    both norms' gains, the logit scale and, for softmax, log2 e."""
+    gain = jnp.full((d,), sm_scale * (LOG2_E if normalizer == "softmax" else 1.0), jnp.float32)
+    if qk_norm is not None:
+        for scale in (q_scale, k_scale):
+            if scale is not None:
+                gain = gain * scale.astype(jnp.float32)
+    return gain
+
+
 def forward(q, k, v, q_scale, k_scale, *, qk_norm: str | None, normalizer: str, causal: bool,
             sm_scale: float, eps: float, block_kv: int = 128, stages: int = 2,
             interpret: bool = False):
@@ -107,64 +121,61 @@ def forward(q, k, v, q_scale, k_scale, *, qk_norm: str | None, normalizer: str, 
     (o [b, t, h, d], statistic [b, h, t] float32)."""
     b, t, h, d = q.shape
     s_len, h_kv = k.shape[1], k.shape[2]
-    # pallas.py's geometry: block_k keys per step, num_stages slots in the ring
-    g = Geometry(block_q=BLOCK_Q, block_k=block_kv, q_len=t, k_len=s_len, group=h // h_kv,
-                 causal=causal, normalizer=normalizer, qk_norm=qk_norm, sm_scale=sm_scale,
-                 eps=eps, num_stages=stages, forward_kernel="mosaic")
-    # Everything that multiplies a logit along head_dim, folded into the q side.
-    gain = jnp.full((d,), sm_scale * (LOG2_E if normalizer == "softmax" else 1.0), jnp.float32)
-    if qk_norm is not None:
-        for scale in (q_scale, k_scale):
-            if scale is not None:
-                gain = gain * scale.astype(jnp.float32)
-    tq = -(-t // ROWS_PER_PROGRAM) * ROWS_PER_PROGRAM
-    tk = -(-s_len // block_kv) * block_kv
-    q = jnp.pad(q, ((0, 0), (0, tq - t), (0, 0), (0, 0)))
-    k, v = (jnp.pad(x, ((0, 0), (0, tk - s_len), (0, 0), (0, 0))) for x in (k, v))
-    rstd, shift = key_stats(k, qk_norm, eps)
-    stats = jnp.stack([rstd, shift], axis=2)  # [b, h_kv, 2, s]
-
-    tiled = _tiled(d, q.dtype)
+    g = geometry(q, k, qk_norm=qk_norm, normalizer=normalizer, causal=causal,
+                 sm_scale=sm_scale, eps=eps, block_k=block_kv, stages=stages)
+    gain = logit_gain(d, q_scale, k_scale, qk_norm=qk_norm, normalizer=normalizer,
+                      sm_scale=sm_scale)
+    q = pad_rows(q, ROWS_PER_PROGRAM)
+    k, v = pad_rows(k, block_kv), pad_rows(v, block_kv)
+    stats = jnp.stack(key_stats(k, qk_norm, eps), axis=2)  # [b, h_kv, 2, s]
+    tq = q.shape[1]
     scratch = (
-        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), q.dtype, transforms=tiled),   # q, then o
-        plgpu.SMEM((stages, block_kv, d), k.dtype, transforms=tiled),
-        plgpu.SMEM((stages, block_kv, d), v.dtype, transforms=tiled),
+        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), q.dtype, transforms=tiled(d, q.dtype)),
+        plgpu.SMEM((stages, block_kv, d), k.dtype, transforms=tiled(d, k.dtype)),
+        plgpu.SMEM((stages, block_kv, d), v.dtype, transforms=tiled(d, v.dtype)),
         plgpu.SMEM((stages, 2, block_kv), jnp.float32),                            # key stats
         plgpu.SMEM((COMPUTE_WARPGROUPS, d), jnp.float32),                           # gain
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q), jnp.float32),                     # statistic
-        # weights for the interpreter's p @ v, which needs them in SMEM (see _accumulate)
-        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, block_kv), q.dtype,
-                   transforms=_tiled(block_kv, q.dtype)) if interpret else None,
+        staging(block_kv, q.dtype, interpret),
     )
-    # One barrier per copy: each copy arrives once on its barrier, with the bytes it brings.
-    barriers = (
-        plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),   # q landed
-        plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),   # the gain landed
-        plgpu.Barrier(num_barriers=stages),                # k landed
-        plgpu.Barrier(num_barriers=stages),                # k's stats landed
-        plgpu.Barrier(num_barriers=stages),                # v landed
-        plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS, num_barriers=stages),  # k slot free
-        plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS, num_barriers=stages),  # v slot free
-    )
+    barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),   # q and the gain landed
+                *ring_barriers(3, stages))                        # k, its stats, v; free
 
     def entry(q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_ref):
-        pl.run_scoped(lambda smem, bars: _program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref,
-                                                  o_ref, stat_ref, *smem, *bars),
-                      scratch, barriers, collective_axes="wg")
+        pl.run_scoped(lambda smem, bars: _forward_program(
+            g, q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_ref, *smem, *bars),
+            scratch, barriers, collective_axes="wg")
 
-    params = dict(interpret=plgpu.InterpretGPUParams()) if interpret else dict(
-        compiler_params=plgpu.CompilerParams(approx_math=True))
-    o, stat = plgpu.kernel(
-        entry,
-        out_type=(jax.ShapeDtypeStruct(q.shape, q.dtype),
-                  jax.ShapeDtypeStruct((b, h, tq), jnp.float32)),
-        grid=(h, tq // ROWS_PER_PROGRAM, b), grid_names=("heads", "q_blocks", "batch"),
-        num_threads=COMPUTE_WARPGROUPS + 1, thread_name="wg", **params,
-    )(q, k, v, stats, gain)
+    o, stat = launch(entry, (jax.ShapeDtypeStruct(q.shape, q.dtype),
+                             jax.ShapeDtypeStruct((b, h, tq), jnp.float32)),
+                     (h, tq // ROWS_PER_PROGRAM, b), interpret)(q, k, v, stats, gain)
     return o[:, :t], stat[:, :, :t]
 
 
-def _tiled(row_length: int, dtype):
+def geometry(q, k, *, qk_norm, normalizer, causal, sm_scale, eps, block_k, stages):
+    """pallas.py's Geometry for these inputs: block_k keys per step, num_stages ring slots."""
+    return Geometry(block_q=BLOCK_Q, block_k=block_k, q_len=q.shape[1], k_len=k.shape[1],
+                    group=q.shape[2] // k.shape[2], causal=causal, normalizer=normalizer,
+                    qk_norm=qk_norm, sm_scale=sm_scale, eps=eps, num_stages=stages)
+
+
+def pad_rows(x, multiple: int):
+    """x [b, n, ...] with zero rows appended up to a multiple of `multiple`."""
+    extra = -x.shape[1] % multiple
+    return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+
+
+def launch(entry, out_type, grid, interpret: bool):
+    """entry as a Mosaic GPU kernel of COMPUTE_WARPGROUPS + 1 warpgroups over grid
+    (query heads, row blocks, batch); interpreted on request."""
+    params = dict(interpret=plgpu.InterpretGPUParams()) if interpret else dict(
+        compiler_params=plgpu.CompilerParams(approx_math=True))
+    return plgpu.kernel(entry, out_type=out_type, grid=grid,
+                        grid_names=("heads", "blocks", "batch"),
+                        num_threads=COMPUTE_WARPGROUPS + 1, thread_name="wg", **params)
+
+
+def tiled(row_length: int, dtype):
     """SMEM transforms for wgmma operands whose rows hold `row_length` values: 8-row tiles,
     swizzled by the widest pattern the row fits."""
     swizzle = plgpu.find_swizzle(row_length * jnp.dtype(dtype).itemsize * 8)
@@ -172,67 +183,169 @@ def _tiled(row_length: int, dtype):
             plgpu.SwizzleTransform(swizzle))
 
 
-def _kv_steps(g: Geometry, q_start):
-    """(key blocks every query of rows [q_start, q_start + BLOCK_Q) sees whole, key blocks
-    any of them sees)."""
+def staging(columns: int, dtype, interpret: bool):
+    """SMEM for the interpreter's register-operand products (see `accumulate`), else None."""
+    if not interpret:
+        return None
+    return plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, columns), dtype,
+                      transforms=tiled(columns, dtype))
+
+
+def ring_barriers(sources: int, stages: int):
+    """A "ready" barrier per source and slot (each copy arrives once, with its bytes), then
+    one "free" barrier per slot that every compute warpgroup arrives at."""
+    return (*(plgpu.Barrier(num_barriers=stages) for _ in range(sources)),
+            plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS, num_barriers=stages))
+
+
+def produce(sources, free, lo, hi, stages: int, total: int):
+    """The memory warpgroup's loop: block j in [lo, hi) of every source goes into slot
+    (j − lo) mod stages once the compute warpgroups have freed it. sources: (block j's GMEM
+    view as a function of j, SMEM ring, ready barriers), `total` blocks each. Ends by
+    observing the last blocks' release too, so that every barrier phase is waited on."""
+    def load(j):
+        slot = lax.rem(j - lo, stages)
+        for view, ring, ready in sources:
+            plgpu.copy_gmem_to_smem(view(j), ring.at[slot], ready.at[slot])
+
+    for i in range(stages):
+        if isinstance(lo, int) and lo + i >= total:
+            break  # a static index past the end fails at trace time, even under pl.when
+        pl.when(lo + i < hi)(functools.partial(load, lo + i))
+
+    def refill(j, _):
+        plgpu.barrier_wait(free.at[lax.rem(j - lo, stages)])
+        load(j)
+    lax.fori_loop(lo + stages, hi, refill, None)
+    drain = lambda j, _: plgpu.barrier_wait(free.at[lax.rem(j - lo, stages)])
+    lax.fori_loop(jnp.maximum(hi, lo + stages), hi + stages, drain, None)
+
+
+def program_axes():
+    """(batch, query head, warpgroup, first row of the program's ROWS_PER_PROGRAM)."""
+    return (lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg"),
+            lax.axis_index("blocks") * ROWS_PER_PROGRAM)
+
+
+def copy_in(pairs, barrier):
+    """Copy (GMEM view, SMEM ref) pairs in turn through one barrier, waiting for each: a
+    barrier phase counts one copy's bytes."""
+    for src, dst in pairs:
+        plgpu.copy_gmem_to_smem(src, dst, barrier)
+        plgpu.barrier_wait(barrier)
+
+
+def release(readies, free, lo, stages: int):
+    """A fori_loop body that hands back, unread, a block this warpgroup does not need."""
+    def body(j, _):
+        slot = lax.rem(j - lo, stages)
+        for ready in readies:
+            plgpu.barrier_wait(ready.at[slot])
+        plgpu.barrier_arrive(free.at[slot])
+    return body
+
+
+def product(a, b, shape):
+    """a @ b into a fresh float32 accumulator of `shape`; a and b SMEM refs (b may be a
+    transposed view)."""
+    def run(acc_ref):
+        plgpu.wgmma(acc_ref, a, b)
+        return acc_ref[...]
+    return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+
+def accumulate(acc, p, b_tile, p_smem):
+    """acc + p @ b_tile, p in registers. Compiled (p_smem None), the wgmma reads p from
+    registers and adds into the accumulator's. Mosaic GPU's interpreter takes neither a
+    register operand nor an initialized accumulator (`run_state`), so there p goes through
+    SMEM and the product into a fresh accumulator plus an add: the same sum."""
+    if p_smem is not None:
+        p_smem[...] = p
+        plgpu.commit_smem()
+        return acc + product(p_smem, b_tile, acc.shape)
+    acc = pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, p, b_tile))(plgpu.ACC.init(acc))
+    plgpu.wgmma_wait(0)
+    return acc
+
+
+def rows(x, shape):
+    """A per-row vector broadcast along a tile's columns."""
+    return lax.broadcast_in_dim(x, shape, [0])
+
+
+def cols(x, shape):
+    """A per-column vector broadcast along a tile's rows."""
+    return lax.broadcast_in_dim(x, shape, [1])
+
+
+def load_vector(ref, per_row: bool):
+    """A float32 vector from SMEM, laid out to index the rows (or the columns) of a tile."""
+    return plgpu.load(ref, layout=plgpu.Layout.WGMMA.reduce(1 if per_row else 0))
+
+
+def visible(g, shape, q_first, k_first, keys_on_rows: bool = False):
+    """[shape] booleans of a score tile whose first query is q_first and first key k_first:
+    the key exists (below the unpadded length) and, under causality, the query sees it."""
+    row = plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
+    col = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
+    q_pos, k_pos = (col + q_first, row + k_first) if keys_on_rows else (row + q_first,
+                                                                         col + k_first)
+    seen = k_pos < g.k_len
+    if g.causal:
+        seen = seen & (q_pos + (g.k_len - g.q_len) >= k_pos)
+    return seen
+
+
+def softplus(x):
+    """max(x, 0) + log(1 + exp(−|x|)): softplus in functions Mosaic GPU lowers."""
+    return jnp.maximum(x, 0.0) + jnp.log(1.0 + jnp.exp(-jnp.abs(x)))
+
+
+def key_blocks(g, q_first):
+    """(key blocks every query of rows [q_first, q_first + BLOCK_Q) sees whole, key blocks
+    any of them sees), blocks of g.block_k keys."""
     total = -(-g.k_len // g.block_k)
-    whole = g.k_len // g.block_k   # the ragged last block needs the length mask
+    whole = g.k_len // g.block_k   # a ragged last block needs the length mask
     if not g.causal:
         return whole, total
     offset = g.k_len - g.q_len
-    first_seen = q_start + offset           # last key the block's first query sees
-    last_seen = q_start + BLOCK_Q - 1 + offset
-    whole_causal = jnp.clip((first_seen + 1) // g.block_k, 0, whole)
-    seen = jnp.clip(last_seen // g.block_k + 1, 0, total)
+    whole_causal = jnp.clip((q_first + offset + 1) // g.block_k, 0, whole)
+    seen = jnp.clip((q_first + BLOCK_Q - 1 + offset) // g.block_k + 1, 0, total)
     return jnp.minimum(whole_causal, seen), seen
 
 
-def _program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_ref, q_smem, k_smem,
-             v_smem, kstat_smem, gain_smem, stat_smem, p_smem, q_ready, gain_ready, k_ready,
-             kstat_ready, v_ready, k_free, v_free):
-    """One program: two compute warpgroups (`_compute`) and the memory warpgroup that feeds
-    them (`_memory`)."""
-    batch, head = lax.axis_index("batch"), lax.axis_index("heads")
-    wg = lax.axis_index("wg")
-    program_start = lax.axis_index("q_blocks") * ROWS_PER_PROGRAM
+def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_ref, q_smem,
+                     k_smem, v_smem, kstat_smem, gain_smem, stat_smem, p_smem, q_ready,
+                     k_ready, kstat_ready, v_ready, free):
+    """Two compute warpgroups of BLOCK_Q queries each, and the memory warpgroup that feeds
+    them key blocks."""
+    batch, head, wg, program_first = program_axes()
     # The memory warpgroup serves the later compute warpgroup, which sees the most keys.
-    _, steps_max = _kv_steps(g, program_start + BLOCK_Q)
+    _, steps = key_blocks(g, program_first + BLOCK_Q)
 
     @pl.when(wg < COMPUTE_WARPGROUPS)
     def _compute():
         plgpu.set_max_registers(232, action="increase")
-        q_start = program_start + wg * BLOCK_Q
+        q_first = program_first + wg * BLOCK_Q
         q_tile = q_smem.at[wg]
-        plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(q_start, BLOCK_Q), head], q_tile,
-                                q_ready.at[wg])
-        plgpu.copy_gmem_to_smem(gain_ref, gain_smem.at[wg], gain_ready.at[wg])
-        plgpu.barrier_wait(q_ready.at[wg])
-        plgpu.barrier_wait(gain_ready.at[wg])
+        copy_in([(q_ref.at[batch, pl.ds(q_first, BLOCK_Q), head], q_tile),
+                 (gain_ref, gain_smem.at[wg])], q_ready.at[wg])
         row_sum = _prepare_queries(g, q_tile, gain_smem.at[wg])
-        whole, seen = _kv_steps(g, q_start)
-        d = q_tile.shape[-1]
-        per_row = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a wgmma tile
+        whole, seen = key_blocks(g, q_first)
+        per_row = plgpu.Layout.WGMMA.reduce(1)
         carry = (plgpu.layout_cast(jnp.full((BLOCK_Q,), NEG, jnp.float32), per_row),  # max
                  plgpu.layout_cast(jnp.zeros((BLOCK_Q,), jnp.float32), per_row),       # sum
-                 plgpu.layout_cast(jnp.zeros((BLOCK_Q, d), jnp.float32), plgpu.Layout.WGMMA))
-        step = functools.partial(_kv_step, g, q_tile, k_smem, v_smem, kstat_smem, k_ready,
-                                 kstat_ready, v_ready, k_free, v_free, q_start, row_sum,
+                 plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), plgpu.Layout.WGMMA))
+        step = functools.partial(_forward_step, g, q_tile, k_smem, v_smem, kstat_smem,
+                                 (k_ready, kstat_ready, v_ready), free, q_first, row_sum,
                                  None if p_smem is None else p_smem.at[wg])
         carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
         m, l, acc = lax.fori_loop(whole, seen, functools.partial(step, masked=True), carry)
-
-        def release(j, _):  # blocks only the other warpgroup needs: hand the slots back
-            slot = lax.rem(j, g.num_stages)
-            plgpu.barrier_wait(k_ready.at[slot])
-            plgpu.barrier_wait(kstat_ready.at[slot])
-            plgpu.barrier_arrive(k_free.at[slot])
-            plgpu.barrier_wait(v_ready.at[slot])
-            plgpu.barrier_arrive(v_free.at[slot])
-        lax.fori_loop(seen, steps_max, release, None)
-
+        lax.fori_loop(seen, steps, release((k_ready, kstat_ready, v_ready), free, 0,
+                                           g.num_stages), None)
         seen_any = l > 0
         inv = jnp.where(seen_any, 1.0 / jnp.where(seen_any, l, 1.0), 0.0)
-        q_tile[...] = (acc * lax.broadcast_in_dim(inv, acc.shape, [0])).astype(q_tile.dtype)
+        q_tile[...] = (acc * rows(inv, acc.shape)).astype(q_tile.dtype)
         if g.normalizer == "softmax":
             stat = jnp.where(seen_any, m + jnp.log(jnp.where(seen_any, l, 1.0)) * LOG2_E,
                              jnp.inf)
@@ -240,39 +353,21 @@ def _program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_ref, q_sme
             stat = l
         stat_smem[wg] = stat
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(q_tile, o_ref.at[batch, pl.ds(q_start, BLOCK_Q), head])
-        plgpu.copy_smem_to_gmem(stat_smem.at[wg], stat_ref.at[batch, head,
-                                                              pl.ds(q_start, BLOCK_Q)])
+        plgpu.copy_smem_to_gmem(q_tile, o_ref.at[batch, pl.ds(q_first, BLOCK_Q), head])
+        plgpu.copy_smem_to_gmem(stat_smem.at[wg],
+                                stat_ref.at[batch, head, pl.ds(q_first, BLOCK_Q)])
         plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == COMPUTE_WARPGROUPS)
     def _memory():
         plgpu.set_max_registers(40, action="decrease")
         kv_head = lax.div(head, jnp.int32(g.group))
-
-        def load(j, slot):
-            keys = (batch, pl.ds(j * g.block_k, g.block_k), kv_head)
-            plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_ready.at[slot])
-            plgpu.copy_gmem_to_smem(stats_ref.at[batch, kv_head, :,
-                                                 pl.ds(j * g.block_k, g.block_k)],
-                                    kstat_smem.at[slot], kstat_ready.at[slot])
-            plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_ready.at[slot])
-
-        for j in range(min(g.num_stages, -(-g.k_len // g.block_k))):  # blocks that exist
-            pl.when(j < steps_max)(functools.partial(load, j, j))
-
-        def refill(j, _):
-            slot = lax.rem(j, g.num_stages)
-            plgpu.barrier_wait(k_free.at[slot])
-            plgpu.barrier_wait(v_free.at[slot])
-            load(j, slot)
-        lax.fori_loop(g.num_stages, steps_max, refill, None)
-
-        def drain(j, _):  # observe the last blocks' release too, so every phase is waited on
-            slot = lax.rem(j, g.num_stages)
-            plgpu.barrier_wait(k_free.at[slot])
-            plgpu.barrier_wait(v_free.at[slot])
-        lax.fori_loop(jnp.maximum(steps_max, g.num_stages), steps_max + g.num_stages, drain, None)
+        keys = lambda j: (batch, pl.ds(j * g.block_k, g.block_k), kv_head)
+        produce([(lambda j: k_ref.at[keys(j)], k_smem, k_ready),
+                 (lambda j: stats_ref.at[batch, kv_head, :, pl.ds(j * g.block_k, g.block_k)],
+                  kstat_smem, kstat_ready),
+                 (lambda j: v_ref.at[keys(j)], v_smem, v_ready)], free, 0, steps, g.num_stages,
+                k_ref.shape[1] // g.block_k)
 
 
 def _prepare_queries(g, q_tile, gain_smem):
@@ -281,78 +376,54 @@ def _prepare_queries(g, q_tile, gain_smem):
     x = q_tile[...].astype(jnp.float32)
     d = x.shape[-1]
     if g.qk_norm == "layer":
-        x = x - lax.broadcast_in_dim(x.sum(axis=1) / d, x.shape, [0])
+        x = x - rows(x.sum(axis=1) / d, x.shape)
     if g.qk_norm is not None:
-        rstd = lax.rsqrt((x * x).sum(axis=1) / d + g.eps)
-        x = x * lax.broadcast_in_dim(rstd, x.shape, [0])
-    gain = plgpu.load(gain_smem, layout=plgpu.Layout.WGMMA.reduce(0))
-    q = (x * lax.broadcast_in_dim(gain, x.shape, [1])).astype(q_tile.dtype)
+        x = x * rows(lax.rsqrt((x * x).sum(axis=1) / d + g.eps), x.shape)
+    q = (x * cols(load_vector(gain_smem, per_row=False), x.shape)).astype(q_tile.dtype)
     q_tile[...] = q
     plgpu.commit_smem()
     return q.astype(jnp.float32).sum(axis=1) if g.qk_norm == "layer" else None
 
 
-def _kv_step(g, q_tile, k_smem, v_smem, kstat_smem, k_ready, kstat_ready, v_ready, k_free,
-             v_free, q_start, row_sum, p_smem, j, carry, *, masked: bool):
+def normed_scores(g, a, key_stats_slot, query_sums, keys_on_rows: bool = False):
+    """Scores from the raw product a = q'·k: times each key's rstd, minus rstd·μ·Σq' for
+    LayerNorm; key_stats_slot the [2, block] SMEM slot of (rstd, rstd·μ)."""
+    if g.qk_norm is None:
+        return a
+    per_key = rows if keys_on_rows else cols
+    per_query = cols if keys_on_rows else rows
+    s = a * per_key(load_vector(key_stats_slot.at[0], per_row=keys_on_rows), a.shape)
+    if g.qk_norm == "layer":
+        shift = load_vector(key_stats_slot.at[1], per_row=keys_on_rows)
+        s = s - per_query(query_sums, a.shape) * per_key(shift, a.shape)
+    return s
+
+
+def _forward_step(g, q_tile, k_smem, v_smem, kstat_smem, readies, free, q_first, row_sum,
+                  p_smem, j, carry, *, masked: bool):
     m, l, acc = carry
+    k_ready, kstat_ready, v_ready = readies
     slot = lax.rem(j, g.num_stages)
     plgpu.barrier_wait(k_ready.at[slot])
     plgpu.barrier_wait(kstat_ready.at[slot])
-    if g.qk_norm is not None:
-        rstd = plgpu.load(kstat_smem.at[slot, 0], layout=plgpu.Layout.WGMMA.reduce(0))
-        if g.qk_norm == "layer":
-            shift = plgpu.load(kstat_smem.at[slot, 1], layout=plgpu.Layout.WGMMA.reduce(0))
-
-    def product(acc_ref):
-        plgpu.wgmma(acc_ref, q_tile, k_smem.at[slot].transpose((1, 0)))
-        return acc_ref[...]
-    s = pl.run_scoped(product, plgpu.ACC((BLOCK_Q, g.block_k), jnp.float32))
-    plgpu.barrier_arrive(k_free.at[slot])
-    columns = lambda x: lax.broadcast_in_dim(x, s.shape, [1])
-    if g.qk_norm is not None:
-        s = s * columns(rstd)
-        if g.qk_norm == "layer":
-            s = s - lax.broadcast_in_dim(row_sum, s.shape, [0]) * columns(shift)
+    a = product(q_tile, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, g.block_k))
+    s = normed_scores(g, a, kstat_smem.at[slot], row_sum)
     if masked:
-        rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
-        cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
-        k_pos = cols + j * g.block_k
-        visible = k_pos < g.k_len
-        if g.causal:
-            visible = visible & (rows + q_start + (g.k_len - g.q_len) >= k_pos)
-    keep = (lambda x: jnp.where(visible, x, 0.0)) if masked else (lambda x: x)
+        seen = visible(g, s.shape, q_first, j * g.block_k)
+    keep = (lambda x: jnp.where(seen, x, 0.0)) if masked else (lambda x: x)
     if g.normalizer == "softmax":
         if masked:
-            s = jnp.where(visible, s, NEG)
+            s = jnp.where(seen, s, NEG)
         m_new = jnp.maximum(m, s.max(axis=1))
         alpha = jnp.exp2(m - m_new)
-        p = keep(jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0])))
+        p = keep(jnp.exp2(s - rows(m_new, s.shape)))
         l = l * alpha + p.sum(axis=1)
-        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        acc = acc * rows(alpha, acc.shape)
         m = m_new
     else:
-        # softplus(x) = max(x, 0) + log(1 + exp(−|x|)), in functions Mosaic GPU lowers
-        p = keep(jnp.maximum(s, 0.0) + jnp.log(1.0 + jnp.exp(-jnp.abs(s))))
+        p = keep(softplus(s))
         l = l + p.sum(axis=1)
     plgpu.barrier_wait(v_ready.at[slot])
-    acc = _accumulate(acc, p.astype(q_tile.dtype), v_smem.at[slot], p_smem)
-    plgpu.barrier_arrive(v_free.at[slot])
+    acc = accumulate(acc, p.astype(q_tile.dtype), v_smem.at[slot], p_smem)
+    plgpu.barrier_arrive(free.at[slot])
     return m, l, acc
-
-
-def _accumulate(acc, p, v_tile, p_smem):
-    """acc + p @ v_tile. Compiled (p_smem None), the wgmma reads p from registers and adds into
-    the accumulator's. Mosaic GPU's interpreter takes neither a register operand nor an
-    initialized accumulator (`run_state`), so there p goes through SMEM and the product into a
-    fresh accumulator plus an add: the same sum."""
-    if p_smem is not None:
-        p_smem[...] = p
-        plgpu.commit_smem()
-
-        def product(acc_ref):
-            plgpu.wgmma(acc_ref, p_smem, v_tile)
-            return acc_ref[...]
-        return acc + pl.run_scoped(product, plgpu.ACC(acc.shape, jnp.float32))
-    acc = pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, p, v_tile))(plgpu.ACC.init(acc))
-    plgpu.wgmma_wait(0)
-    return acc

@@ -56,7 +56,6 @@ class Geometry:
     num_stages: int = 2
     lane_dense: bool = False       # TPU layouts of per-query and per-key values (see above)
     key_masked: bool = True        # some key is masked or padding: the kernels read the mask
-    forward_kernel: str = "pallas"  # or "mosaic": the Hopper forward of mosaic_gpu.py
 
 
 LOG2_E = 1.4426950408889634

@@ -1,0 +1,331 @@
+"""Hopper backward of mosaic_gpu.py's forward: a dQ kernel and a dK/dV kernel in Mosaic GPU,
+with the norms' chain rule in XLA.
+
+Split of the work. The kernels differentiate only what the forward's products see: the
+prepared queries q' (normalized, gains and logit scale folded in), the raw keys k, the values
+and the per-key statistics r = rstd and u = rstd·μ. With a = q'·k and the kernel's logits
+s = r_j a_ij − u_j c_i (c_i = Σ_d q'_i), and ds = ∂loss/∂s:
+
+    dq' = (ds ⊙ r) k            dc_i = −Σ_j ds_ij u_j                    (dQ kernel)
+    dk  = (ds ⊙ r)ᵀ q'          dv = pᵀ dO                               (dK/dV kernel)
+    dr_j = Σ_i ds_ij a_ij       du_j = −Σ_i ds_ij c_i
+
+    softmax:  p = 2^(s − lse₂),        ds = ln 2 · p (dp − δ)
+    softplus: p = softplus(s) / ℓ,      ds = sigmoid(s) / ℓ · (dp − δ)
+
+with dp = dO vᵀ and δ_i = dO_i · o_i. The O(T²) work is in the two kernels; what is left is
+per row, O(T·d): `jax.vjp` of the XLA functions that make q', c (`prepared_queries`) and
+r, u (`key_stats`) turns (dq', dc) and (dr, du) into dq, dk and the gains' gradients, so that
+part is right by construction.
+
+Programs: the dQ kernel runs like the forward, two compute warpgroups of 64 queries walking
+key blocks of 64; the dK/dV kernel has two compute warpgroups of 64 keys each, per query head,
+walking query blocks of 64 (the sums over a key/value head's group of query heads are XLA's).
+Head dims up to 128: the dK/dV kernel holds two [64, d] float32 accumulators per thread group.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from jaxlab.kernels.norm_attention import mosaic_gpu as mg
+from jaxlab.kernels.norm_attention.mosaic_gpu import BLOCK_Q, COMPUTE_WARPGROUPS, plgpu
+from jaxlab.kernels.norm_attention.reference import head_norm
+
+BLOCK = 64          # keys per dQ step, queries per dK/dV step
+STAGES = 2
+LN2 = math.log(2.0)
+
+
+def prepared_queries(q, q_scale, k_scale, *, qk_norm, normalizer, sm_scale, eps):
+    """(q' [b, t, h, d] in q's dtype, Σ_d q' [b, t, h] float32): the queries the forward's
+    products read (mosaic_gpu._prepare_queries), as a differentiable XLA function."""
+    gain = mg.logit_gain(q.shape[-1], q_scale, k_scale, qk_norm=qk_norm,
+                         normalizer=normalizer, sm_scale=sm_scale)
+    q_prime = (head_norm(q, None, qk_norm, eps) * gain).astype(q.dtype)
+    return q_prime, q_prime.astype(jnp.float32).sum(-1)
+
+
+def backward(q, k, v, q_scale, k_scale, out, stat, dout, *, qk_norm, normalizer, causal,
+             sm_scale, eps, interpret: bool = False):
+    """Gradients of mosaic_gpu.forward: (dq, dk, dv, dq_scale, dk_scale); q_scale and k_scale
+    arrays, out [b, t, h, d] and stat [b, h, t] its outputs, dout the output's cotangent."""
+    b, t, h, d = q.shape
+    s_len, h_kv = k.shape[1], k.shape[2]
+    group = h // h_kv
+    g = mg.geometry(q, k, qk_norm=qk_norm, normalizer=normalizer, causal=causal,
+                    sm_scale=sm_scale, eps=eps, block_k=BLOCK, stages=STAGES)
+    prepare = functools.partial(prepared_queries, qk_norm=qk_norm, normalizer=normalizer,
+                                sm_scale=sm_scale, eps=eps)
+    (q_prime, sums), prepare_vjp = jax.vjp(prepare, q, q_scale, k_scale)
+    (rstd, shift), stats_vjp = jax.vjp(lambda k: mg.key_stats(k, qk_norm, eps), k)
+    delta = jnp.einsum("bthd,bthd->bht", out.astype(jnp.float32), dout.astype(jnp.float32))
+    # Per-query values [b, h, 3, t]; padded queries get the statistic that zeroes their
+    # weights: +inf for softmax, 0 (no mass) for softplus.
+    fill = jnp.inf if normalizer == "softmax" else 0.0
+    tq = -(-t // mg.ROWS_PER_PROGRAM) * mg.ROWS_PER_PROGRAM
+    pad_t = lambda x, value=0.0: jnp.pad(x, ((0, 0), (0, 0), (0, tq - t)), constant_values=value)
+    per_query = jnp.stack([pad_t(stat, fill), pad_t(delta),
+                           pad_t(jnp.swapaxes(sums, 1, 2))], axis=2)
+    q_prime, dout_p = mg.pad_rows(q_prime, mg.ROWS_PER_PROGRAM), mg.pad_rows(
+        dout.astype(q.dtype), mg.ROWS_PER_PROGRAM)
+    k_p, v_p = mg.pad_rows(k, mg.ROWS_PER_PROGRAM), mg.pad_rows(v, mg.ROWS_PER_PROGRAM)
+    tk = k_p.shape[1]
+    per_key = jnp.pad(jnp.stack([rstd, shift], axis=2), ((0, 0),) * 3 + ((0, tk - s_len),))
+    arrays = (q_prime, dout_p, per_query, k_p, v_p, per_key)
+    dq_prime, dsums = _dq(g, *arrays, interpret)
+    dk_heads, dv_heads, dstats = _dkdv(g, *arrays, interpret)
+    by_group = lambda x: x[:, :s_len].astype(jnp.float32).reshape(b, s_len, h_kv, group,
+                                                                  d).sum(3)
+    dk, dv = by_group(dk_heads), by_group(dv_heads)
+    dstats = dstats[..., :s_len].reshape(b, h_kv, group, 2, s_len).sum(2)
+    dq, dq_scale, dk_scale = prepare_vjp((dq_prime[:, :t], jnp.swapaxes(dsums[:, :, :t], 1, 2)))
+    if qk_norm is not None:
+        dk = dk + stats_vjp((dstats[:, :, 0], dstats[:, :, 1]))[0]
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype), dq_scale, dk_scale
+
+
+def _shapes(g, q_prime, k_p):
+    b, tq, h, d = q_prime.shape
+    return b, tq, h, d, k_p.shape[1]
+
+
+def _dq(g, q_prime, dout, per_query, k, v, per_key, interpret):
+    b, tq, h, d, tk = _shapes(g, q_prime, k)
+    scratch = (
+        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), q_prime.dtype,
+                   transforms=mg.tiled(d, q_prime.dtype)),                  # q', then dq'
+        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), dout.dtype,
+                   transforms=mg.tiled(d, dout.dtype)),
+        plgpu.SMEM((COMPUTE_WARPGROUPS, 3, BLOCK_Q), jnp.float32),          # stat, δ, Σq'
+        plgpu.SMEM((STAGES, BLOCK, d), k.dtype, transforms=mg.tiled(d, k.dtype)),
+        plgpu.SMEM((STAGES, 2, BLOCK), jnp.float32),                         # key stats
+        plgpu.SMEM((STAGES, BLOCK, d), v.dtype, transforms=mg.tiled(d, v.dtype)),
+        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q), jnp.float32),             # dΣq'
+        mg.staging(BLOCK, q_prime.dtype, interpret),
+    )
+    barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),  # the query tiles landed
+                *mg.ring_barriers(3, STAGES))
+
+    def entry(*refs):
+        pl.run_scoped(lambda smem, bars: _dq_program(g, *refs, *smem, *bars), scratch,
+                      barriers, collective_axes="wg")
+
+    return mg.launch(entry, (jax.ShapeDtypeStruct(q_prime.shape, q_prime.dtype),
+                             jax.ShapeDtypeStruct((b, h, tq), jnp.float32)),
+                     (h, tq // mg.ROWS_PER_PROGRAM, b), interpret)(
+        q_prime, dout, per_query, k, v, per_key)
+
+
+def _dq_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dq_ref, dsum_ref,
+                q_smem, do_smem, rowval_smem, k_smem, kstat_smem, v_smem, dsum_smem, p_smem,
+                query_ready, k_ready, kstat_ready, v_ready, free):
+    batch, head, wg, program_first = mg.program_axes()
+    _, steps = mg.key_blocks(g, program_first + BLOCK_Q)
+    readies = (k_ready, kstat_ready, v_ready)
+
+    @pl.when(wg < COMPUTE_WARPGROUPS)
+    def _compute():
+        plgpu.set_max_registers(232, action="increase")
+        q_first = program_first + wg * BLOCK_Q
+        rows_here = pl.ds(q_first, BLOCK_Q)
+        q_tile, do_tile, rowvals = q_smem.at[wg], do_smem.at[wg], rowval_smem.at[wg]
+        mg.copy_in([(q_ref.at[batch, rows_here, head], q_tile),
+                    (do_ref.at[batch, rows_here, head], do_tile),
+                    (rowval_ref.at[batch, head, :, rows_here], rowvals)], query_ready.at[wg])
+        stat, delta, sums = (mg.load_vector(rowvals.at[i], per_row=True) for i in range(3))
+        whole, seen = mg.key_blocks(g, q_first)
+        zeros = lambda shape, layout: plgpu.layout_cast(jnp.zeros(shape, jnp.float32), layout)
+        carry = (zeros(q_tile.shape, plgpu.Layout.WGMMA),
+                 zeros((BLOCK_Q,), plgpu.Layout.WGMMA.reduce(1)))
+        step = functools.partial(_dq_step, g, q_tile, do_tile, k_smem, kstat_smem, v_smem,
+                                 readies, free, q_first, (stat, delta, sums),
+                                 None if p_smem is None else p_smem.at[wg])
+        carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
+        dq, dsum = lax.fori_loop(whole, seen, functools.partial(step, masked=True), carry)
+        lax.fori_loop(seen, steps, mg.release(readies, free, 0, STAGES), None)
+        q_tile[...] = dq.astype(q_tile.dtype)
+        dsum_smem[wg] = dsum
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(q_tile, dq_ref.at[batch, rows_here, head])
+        plgpu.copy_smem_to_gmem(dsum_smem.at[wg], dsum_ref.at[batch, head, rows_here])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == COMPUTE_WARPGROUPS)
+    def _memory():
+        plgpu.set_max_registers(40, action="decrease")
+        kv_head = lax.div(head, jnp.int32(g.group))
+        keys = lambda j: (batch, pl.ds(j * BLOCK, BLOCK), kv_head)
+        mg.produce([(lambda j: k_ref.at[keys(j)], k_smem, k_ready),
+                    (lambda j: kstat_ref.at[batch, kv_head, :, pl.ds(j * BLOCK, BLOCK)],
+                     kstat_smem, kstat_ready),
+                    (lambda j: v_ref.at[keys(j)], v_smem, v_ready)], free, 0, steps, STAGES,
+                   k_ref.shape[1] // BLOCK)
+
+
+def _score_grads(g, s, stat, dp, delta, seen):
+    """(p, ds) of a score tile; stat and delta already broadcast to its shape; seen None for
+    a tile seen whole."""
+    if g.normalizer == "softmax":
+        p = jnp.exp2(s - stat)
+        ds = LN2 * p * (dp - delta)
+    else:
+        inv = jnp.where(stat > 0, 1.0 / jnp.where(stat > 0, stat, 1.0), 0.0)
+        p = mg.softplus(s) * inv
+        ds = inv / (1.0 + jnp.exp(-s)) * (dp - delta)
+    if seen is not None:
+        p, ds = jnp.where(seen, p, 0.0), jnp.where(seen, ds, 0.0)
+    return p, ds
+
+
+def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_first, row_values,
+             p_smem, j, carry, *, masked: bool):
+    dq, dsum = carry
+    k_ready, kstat_ready, v_ready = readies
+    stat, delta, sums = row_values
+    slot = lax.rem(j, STAGES)
+    plgpu.barrier_wait(k_ready.at[slot])
+    plgpu.barrier_wait(kstat_ready.at[slot])
+    shape = (BLOCK_Q, BLOCK)
+    a = mg.product(q_tile, k_smem.at[slot].transpose((1, 0)), shape)
+    s = mg.normed_scores(g, a, kstat_smem.at[slot], sums)
+    plgpu.barrier_wait(v_ready.at[slot])
+    dp = mg.product(do_tile, v_smem.at[slot].transpose((1, 0)), shape)
+    seen = mg.visible(g, shape, q_first, j * BLOCK) if masked else None
+    _, ds = _score_grads(g, s, mg.rows(stat, shape), dp, mg.rows(delta, shape), seen)
+    if g.qk_norm is not None:
+        per_key = kstat_smem.at[slot]
+        if g.qk_norm == "layer":
+            shift = mg.load_vector(per_key.at[1], per_row=False)
+            dsum = dsum - (ds * mg.cols(shift, shape)).sum(axis=1)
+        ds = ds * mg.cols(mg.load_vector(per_key.at[0], per_row=False), shape)
+    dq = mg.accumulate(dq, ds.astype(q_tile.dtype), k_smem.at[slot], p_smem)
+    plgpu.barrier_arrive(free.at[slot])
+    return dq, dsum
+
+
+def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret):
+    b, tq, h, d, tk = _shapes(g, q_prime, k)
+    scratch = (
+        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), k.dtype,
+                   transforms=mg.tiled(d, k.dtype)),                         # k, then dk
+        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), v.dtype,
+                   transforms=mg.tiled(d, v.dtype)),                         # v, then dv
+        plgpu.SMEM((COMPUTE_WARPGROUPS, 2, BLOCK_Q), jnp.float32),          # key stats, then d
+        plgpu.SMEM((STAGES, BLOCK, d), q_prime.dtype, transforms=mg.tiled(d, q_prime.dtype)),
+        plgpu.SMEM((STAGES, BLOCK, d), dout.dtype, transforms=mg.tiled(d, dout.dtype)),
+        plgpu.SMEM((STAGES, 3, BLOCK), jnp.float32),                         # stat, δ, Σq'
+        mg.staging(BLOCK, q_prime.dtype, interpret),
+    )
+    barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),  # the key tiles landed
+                *mg.ring_barriers(3, STAGES))
+
+    def entry(*refs):
+        pl.run_scoped(lambda smem, bars: _dkdv_program(g, *refs, *smem, *bars), scratch,
+                      barriers, collective_axes="wg")
+
+    heads_shape = (b, tk, h, d)
+    return mg.launch(entry, (jax.ShapeDtypeStruct(heads_shape, k.dtype),
+                             jax.ShapeDtypeStruct(heads_shape, v.dtype),
+                             jax.ShapeDtypeStruct((b, h, 2, tk), jnp.float32)),
+                     (h, tk // mg.ROWS_PER_PROGRAM, b), interpret)(
+        q_prime, dout, per_query, k, v, per_key)
+
+
+def _query_blocks(g, k_first, num_blocks):
+    """(first query block that sees any of keys [k_first, k_first + BLOCK_Q), first from
+    which every query sees them all): blocks before the second need the causal mask."""
+    if not g.causal:
+        return 0, 0
+    offset = g.k_len - g.q_len
+    first = jnp.clip((k_first - offset) // BLOCK, 0, num_blocks)
+    whole = jnp.clip(-(-(k_first + BLOCK_Q - 1 - offset) // BLOCK), first, num_blocks)
+    return first, whole
+
+
+def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dk_ref, dv_ref,
+                  dstat_ref, k_smem, v_smem, kstat_smem, q_smem, do_smem, rowval_smem, p_smem,
+                  key_ready, q_ready, do_ready, rowval_ready, free):
+    batch, head, wg, program_first = mg.program_axes()
+    num_blocks = q_ref.shape[1] // BLOCK
+    lo, _ = _query_blocks(g, program_first, num_blocks)  # the earlier keys' first block
+    readies = (q_ready, do_ready, rowval_ready)
+
+    @pl.when(wg < COMPUTE_WARPGROUPS)
+    def _compute():
+        plgpu.set_max_registers(232, action="increase")
+        k_first = program_first + wg * BLOCK_Q
+        keys_here = pl.ds(k_first, BLOCK_Q)
+        kv_head = lax.div(head, jnp.int32(g.group))
+        k_tile, v_tile, kstats = k_smem.at[wg], v_smem.at[wg], kstat_smem.at[wg]
+        mg.copy_in([(k_ref.at[batch, keys_here, kv_head], k_tile),
+                    (v_ref.at[batch, keys_here, kv_head], v_tile),
+                    (kstat_ref.at[batch, kv_head, :, keys_here], kstats)], key_ready.at[wg])
+        rstd, shift = (mg.load_vector(kstats.at[i], per_row=True) for i in range(2))
+        first, whole = _query_blocks(g, k_first, num_blocks)
+        zeros = lambda shape, layout: plgpu.layout_cast(jnp.zeros(shape, jnp.float32), layout)
+        per_row = plgpu.Layout.WGMMA.reduce(1)
+        carry = (zeros(k_tile.shape, plgpu.Layout.WGMMA), zeros(v_tile.shape, plgpu.Layout.WGMMA),
+                 zeros((BLOCK_Q,), per_row), zeros((BLOCK_Q,), per_row))
+        lax.fori_loop(lo, first, mg.release(readies, free, lo, STAGES), None)
+        step = functools.partial(_dkdv_step, g, k_tile, v_tile, q_smem, do_smem, rowval_smem,
+                                 readies, free, lo, k_first, (rstd, shift),
+                                 None if p_smem is None else p_smem.at[wg])
+        carry = lax.fori_loop(first, whole, functools.partial(step, masked=True), carry)
+        dk, dv, drstd, dshift = lax.fori_loop(whole, num_blocks,
+                                              functools.partial(step, masked=False), carry)
+        k_tile[...] = dk.astype(k_tile.dtype)
+        v_tile[...] = dv.astype(v_tile.dtype)
+        kstats[0] = drstd
+        kstats[1] = dshift
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(k_tile, dk_ref.at[batch, keys_here, head])
+        plgpu.copy_smem_to_gmem(v_tile, dv_ref.at[batch, keys_here, head])
+        plgpu.copy_smem_to_gmem(kstats, dstat_ref.at[batch, head, :, keys_here])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == COMPUTE_WARPGROUPS)
+    def _memory():
+        plgpu.set_max_registers(40, action="decrease")
+        queries = lambda j: (batch, pl.ds(j * BLOCK, BLOCK), head)
+        mg.produce([(lambda j: q_ref.at[queries(j)], q_smem, q_ready),
+                    (lambda j: do_ref.at[queries(j)], do_smem, do_ready),
+                    (lambda j: rowval_ref.at[batch, head, :, pl.ds(j * BLOCK, BLOCK)],
+                     rowval_smem, rowval_ready)], free, lo, num_blocks, STAGES, num_blocks)
+
+
+def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, lo, k_first,
+               key_values, p_smem, j, carry, *, masked: bool):
+    """One query block against this warpgroup's keys; tiles are [keys, queries]."""
+    dk, dv, drstd, dshift = carry
+    q_ready, do_ready, rowval_ready = readies
+    rstd, shift = key_values
+    slot = lax.rem(j - lo, STAGES)
+    for ready in readies:
+        plgpu.barrier_wait(ready.at[slot])
+    shape = (BLOCK_Q, BLOCK)
+    stat, delta, sums = (mg.load_vector(rowval_smem.at[slot, i], per_row=False)
+                         for i in range(3))
+    a = mg.product(k_tile, q_smem.at[slot].transpose((1, 0)), shape)
+    s = a
+    if g.qk_norm is not None:
+        s = a * mg.rows(rstd, shape)
+        if g.qk_norm == "layer":
+            s = s - mg.rows(shift, shape) * mg.cols(sums, shape)
+    dp = mg.product(v_tile, do_smem.at[slot].transpose((1, 0)), shape)
+    seen = mg.visible(g, shape, j * BLOCK, k_first, keys_on_rows=True) if masked else None
+    p, ds = _score_grads(g, s, mg.cols(stat, shape), dp, mg.cols(delta, shape), seen)
+    dv = mg.accumulate(dv, p.astype(v_tile.dtype), do_smem.at[slot], p_smem)
+    if g.qk_norm is not None:
+        drstd = drstd + (ds * a).sum(axis=1)
+        if g.qk_norm == "layer":
+            dshift = dshift - (ds * mg.cols(sums, shape)).sum(axis=1)
+        ds = ds * mg.rows(rstd, shape)
+    dk = mg.accumulate(dk, ds.astype(k_tile.dtype), q_smem.at[slot], p_smem)
+    plgpu.barrier_arrive(free.at[slot])
+    return dk, dv, drstd, dshift
