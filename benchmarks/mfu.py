@@ -32,7 +32,13 @@ SIZES = {  # GPT-2 small and medium shapes on the 50k-token vocabulary size
 SETTINGS = {
     "bf16": {"model.dtype": "bfloat16"},
     "bf16+remat": {"model.dtype": "bfloat16", "model.remat": "full"},
+    # kernels: what `auto` picks on the GPU (cuDNN attention, XLA norms), and the same with
+    # attention in the Hopper Mosaic GPU kernels
+    "bf16+auto": {"model.dtype": "bfloat16", "model.kernels": "auto"},
+    "bf16+mosaic": {"model.dtype": "bfloat16", "model.kernels": "auto",
+                    "model.attention_gpu_kernel": "mosaic"},
 }
+DEFAULT_SETTINGS = "bf16,bf16+remat"
 
 
 def matmul_tflops(n: int, dtype, rounds: int = 10) -> float:
@@ -60,7 +66,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--sizes", default="125M,350M")
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS,
+                        help=f"any of {', '.join(SETTINGS)}")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()

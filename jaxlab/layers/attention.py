@@ -5,8 +5,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlab.errors import ConfigError
 from jaxlab.kernels import dispatch
 from jaxlab.kernels.norm_attention import fused_norm_attention
+from jaxlab.kernels.norm_attention.api import GPU_KERNELS
 from jaxlab.layers.common import dense
 from jaxlab.layers.decode_cache import KVCache, require_cache
 from jaxlab.layers.norms import qk_norms
@@ -41,6 +43,10 @@ class SoftmaxAttention(nnx.Module):
         self.rope_base = float(cfg.rope_base) if cfg.get("position") == "rope" else None
         self.softcap = float(cfg.get("attention_softcap", 0.0))
         self.kernels = dispatch.check_impl(cfg.get("kernels", "xla"))
+        self.gpu_kernel = cfg.get("attention_gpu_kernel", "triton")
+        if self.gpu_kernel not in GPU_KERNELS:
+            raise ConfigError(f"model.attention_gpu_kernel {self.gpu_kernel!r} is unknown; "
+                              f"valid: {', '.join(GPU_KERNELS)}")
         self.cache = None  # a KVCache once init_cache runs (decoding only)
 
     def init_cache(self, batch: int, max_len: int) -> None:
@@ -53,7 +59,7 @@ class SoftmaxAttention(nnx.Module):
             # The flash-style Pallas kernel (jaxlab.kernels); qk-norm and RoPE stay in XLA
             # because the rotation sits between the norm and the dot product.
             return fused_norm_attention(q, k, v, key_mask_bs=key_mask_bs, causal=causal,
-                                        impl=self.kernels)
+                                        impl=self.kernels, gpu_kernel=self.gpu_kernel)
         return attention_ops.softmax_attention(q, k, v, causal=causal, key_mask_bs=key_mask_bs,
                                                softcap=self.softcap)
 

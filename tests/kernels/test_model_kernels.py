@@ -38,3 +38,23 @@ def test_interpreted_kernels_train_like_xla(model):
 def test_unknown_kernel_setting():
     with pytest.raises(ConfigError, match="kernel implementation 'fast' is unknown"):
         three_steps(**{"model.kernels": "fast"})
+
+
+def test_mosaic_attention_kernels_train_like_xla():
+    """model.attention_gpu_kernel=mosaic: the Hopper kernels, in Mosaic GPU's interpreter on a
+    CPU (jax ≥ 0.11), in a bfloat16 GPT with head dim 64."""
+    from jaxlab.kernels.norm_attention import mosaic_gpu
+    if not mosaic_gpu.available():
+        pytest.skip(f"Mosaic GPU needs jax ≥ 0.11, this is {jax.__version__}")
+    model = {"model.width": 128, "model.num_heads": 2, "model.dtype": "bfloat16",
+             "model.attention_gpu_kernel": "mosaic"}
+    _, losses_xla = three_steps(**model, **{"model.kernels": "xla"})
+    _, losses_kernel = three_steps(**model, **{"model.kernels": KERNEL_IMPL})
+    assert last_path("fused_norm_attention") == KERNEL_IMPL
+    np.testing.assert_allclose(losses_kernel, losses_xla, rtol=1e-3)
+    assert losses_kernel[-1] < losses_kernel[0]
+
+
+def test_unknown_attention_gpu_kernel():
+    with pytest.raises(ConfigError, match="model.attention_gpu_kernel 'cutlass' is unknown"):
+        three_steps(**{"model.attention_gpu_kernel": "cutlass"})
