@@ -9,7 +9,10 @@
 # Each part has its own time limit in seconds (PARITY_S, ATTENTION_S, NORM_S, LINEAR_S,
 # SWEEP_S, MFU_S; 0 skips a part) so one slow part cannot starve the next. The defaults, 565 s
 # in all, fit a 10-minute call (about 95 s of parity, 10 table rows of about 25 s). Extra
-# arguments: PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS.
+# arguments: PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS. The parity part
+# includes the Mosaic GPU norm-attention kernels (tests/kernels/test_mosaic_gpu.py), never yet
+# compiled for a GPU; to time a GPT with them:
+#   MFU_S=300 MFU_ARGS="--sizes 125M --settings bf16,bf16+auto,bf16+mosaic"
 set -u
 out=${1:-gpu_results}
 mkdir -p "$out"

@@ -40,8 +40,8 @@ def transformer(**overrides) -> ml_collections.ConfigDict:
         scan_layers=False,
         # Pallas kernels (jaxlab/kernels): xla, auto (Pallas on GPU/TPU), interpret (tests).
         kernels="xla",
-        # Softmax attention's kernels when `kernels` runs them: triton, or mosaic (the Hopper
-        # Mosaic GPU kernels: 16-bit, head dim 64 or 128, no key mask; jax >= 0.11).
+        # Softmax and LSSA attention's kernels when `kernels` runs them: triton, or mosaic
+        # (the Hopper Mosaic GPU kernels: 16-bit, head dim 64 or 128; jax >= 0.11).
         attention_gpu_kernel="triton",
         # Block kind (layers/macaron.py); "standard" keeps attention → FFN.
         block="standard", macaron_half_width=False,

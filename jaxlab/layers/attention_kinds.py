@@ -35,7 +35,8 @@ class SoftplusAttention(SoftmaxAttention):
             d = q.shape[-1]
             return fused_norm_attention(q, k, v, key_mask_bs=key_mask_bs, qk_norm="rms",
                                         normalizer="softplus", sm_scale=1.0 / d, causal=causal,
-                                        length_scale=True, impl=self.kernels)
+                                        length_scale=True, impl=self.kernels,
+                                        gpu_kernel=self.gpu_kernel)
         return softplus_attention(q, k, v, causal=causal, key_mask_bs=key_mask_bs,
                                   reweight_p=self.reweight_p, reweight_shift=self.reweight_shift)
 

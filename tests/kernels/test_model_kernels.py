@@ -40,13 +40,15 @@ def test_unknown_kernel_setting():
         three_steps(**{"model.kernels": "fast"})
 
 
-def test_mosaic_attention_kernels_train_like_xla():
+@pytest.mark.parametrize("attention", ["softmax", "softplus"])
+def test_mosaic_attention_kernels_train_like_xla(attention):
     """model.attention_gpu_kernel=mosaic: the Hopper kernels, in Mosaic GPU's interpreter on a
-    CPU (jax ≥ 0.11), in a bfloat16 GPT with head dim 64."""
+    CPU (jax ≥ 0.11), in a bfloat16 GPT with head dim 64 (softplus: LSSA)."""
     from jaxlab.kernels.norm_attention import mosaic_gpu
     if not mosaic_gpu.available():
         pytest.skip(f"Mosaic GPU needs jax ≥ 0.11, this is {jax.__version__}")
-    model = {"model.width": 128, "model.num_heads": 2, "model.dtype": "bfloat16",
+    model = {"model.width": 128, "model.num_heads": 2, "model.depth": 1,
+             "model.dtype": "bfloat16", "model.attention": attention,
              "model.attention_gpu_kernel": "mosaic"}
     _, losses_xla = three_steps(**model, **{"model.kernels": "xla"})
     _, losses_kernel = three_steps(**model, **{"model.kernels": KERNEL_IMPL})

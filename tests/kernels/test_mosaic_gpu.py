@@ -69,24 +69,32 @@ def test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, bloc
     close(jnp.where(seen, stat, 0.0), jnp.where(seen, want_stat, 0.0), 1e-2)
 
 
-def check_gradients(t, s, heads, d, qk_norm, normalizer, causal, dtype):
+def check_gradients(t, s, heads, d, qk_norm, normalizer, causal, dtype, masked=False,
+                    length_scale=False):
     # Uneven gains: LayerNorm's Σ_d q' (and so the keys' mean term) is 0 when they are even.
     args = inputs(t, s, heads, d, dtype, seed=t, key_shift=0.5, gain_spread=0.5)
+    mask = jax.random.bernoulli(jax.random.key(s), 0.7, (2, s)) if masked else None
+    # LSSA's logit scale 1/d with its length scale: d^-1/2 times log d · log n makes logits in
+    # the hundreds, where 16-bit rounding of q' alone moves the weights past any tolerance.
+    sm_scale = 1 / d if length_scale else None
     call = lambda impl, kernel: (lambda q, k, v, a, b: fused_norm_attention(
-        q, k, v, a, b, qk_norm=qk_norm, normalizer=normalizer, causal=causal, impl=impl,
-        gpu_kernel=kernel))
+        q, k, v, a, b, mask, qk_norm=qk_norm, normalizer=normalizer, causal=causal, impl=impl,
+        gpu_kernel=kernel, length_scale=length_scale, sm_scale=sm_scale))
     assert_matches_reference(call(KERNEL_IMPL, "mosaic"), call("xla", "triton"), args,
                              jnp.bfloat16)
 
 
-@pytest.mark.parametrize("t,s,heads,qk_norm,normalizer,causal", [
-    (100, 150, (4, 2), "layer", "softmax", True),   # GQA, both norms' corrections, causal
-    (150, 100, (2, 1), "rms", "softplus", True),    # t > s: rows and blocks that see no key
-    (70, 200, (2, 2), None, "softmax", False),
-    (130, 130, (2, 1), "layer", "softplus", False),
+@pytest.mark.parametrize("t,s,heads,qk_norm,normalizer,causal,masked,length_scale", [
+    (100, 150, (4, 2), "layer", "softmax", True, False, False),  # GQA, LayerNorm, causal
+    (150, 100, (2, 1), "rms", "softplus", True, False, False),   # t > s: rows see no key
+    (70, 200, (2, 2), None, "softmax", False, True, False),      # key mask
+    (130, 130, (2, 1), "layer", "softplus", False, False, False),
+    (120, 120, (2, 1), "rms", "softplus", True, True, True),     # LSSA: length scale, mask
 ])
-def test_gradients_match_reference(t, s, heads, qk_norm, normalizer, causal):
-    check_gradients(t, s, heads, 64, qk_norm, normalizer, causal, jnp.bfloat16)
+def test_gradients_match_reference(t, s, heads, qk_norm, normalizer, causal, masked,
+                                   length_scale):
+    check_gradients(t, s, heads, 64, qk_norm, normalizer, causal, jnp.bfloat16, masked,
+                    length_scale)
 
 
 @settings(max_examples=4, deadline=None, derandomize=True)
@@ -94,10 +102,12 @@ def test_gradients_match_reference(t, s, heads, qk_norm, normalizer, causal):
        heads=st.sampled_from([(2, 2), (4, 2), (2, 1)]), d=st.sampled_from([64, 128]),
        qk_norm=st.sampled_from([None, "rms", "layer"]),
        normalizer=st.sampled_from(["softmax", "softplus"]), causal=st.booleans(),
-       dtype=st.sampled_from([jnp.bfloat16, jnp.float16]))
+       dtype=st.sampled_from([jnp.bfloat16, jnp.float16]), masked=st.booleans(),
+       length_scale=st.booleans())
 def test_values_and_gradients_match_reference(t, extra_keys, heads, d, qk_norm, normalizer,
-                                               causal, dtype):
-    check_gradients(t, t + extra_keys, heads, d, qk_norm, normalizer, causal, dtype)
+                                               causal, dtype, masked, length_scale):
+    check_gradients(t, t + extra_keys, heads, d, qk_norm, normalizer, causal, dtype, masked,
+                    length_scale)
 
 
 def lower_for_gpu(fn, *args) -> str:
@@ -140,8 +150,7 @@ def test_shared_memory_check_agrees_with_the_lowering():
     (dict(dtype=jnp.float32), "bfloat16 or float16"),
     (dict(d=32), "head dim 64 or 128"),
     (dict(d=256), "head dim 64 or 128"),
-    (dict(masked=True), "no key mask"),
-    (dict(length_scale=True), "no key mask, segment ids or length scale"),
+    (dict(segment_ids=jnp.zeros((1, 8), jnp.int32)), "no segment ids"),
 ])
 def test_refusals_name_the_value(change, message):
     d, dtype = change.pop("d", 64), change.pop("dtype", jnp.bfloat16)

@@ -109,8 +109,8 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     elsewhere blocks are up to 64. On TPU the blocks default to 128 and must be multiples of 8
     (queries) and 128 (keys). gpu_kernel="mosaic" runs both passes as the Hopper Mosaic GPU
     kernels of mosaic_gpu.py and mosaic_backward.py (block_k and num_stages tune the forward),
-    with impl="interpret" in Mosaic GPU's interpreter: 16-bit, head dim 64 or 128, no key
-    mask, segments or length scale, jax ≥ 0.11. Not yet timed on a GPU, so not the default.
+    with impl="interpret" in Mosaic GPU's interpreter: 16-bit, head dim 64 or 128, no segment
+    ids, jax ≥ 0.11. Not yet timed on a GPU, so not the default.
     """
     if normalizer not in NORMALIZERS:
         raise ConfigError(f"normalizer {normalizer!r} is unknown; valid: {', '.join(NORMALIZERS)}")
@@ -124,7 +124,7 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
         raise ConfigError(f"gpu_kernel {gpu_kernel!r} is unknown; valid: "
                           f"{', '.join(GPU_KERNELS)}")
     mosaic = gpu_kernel == "mosaic"
-    mosaic_block_k = block_k or mosaic_gpu.default_block_kv(d)
+    mosaic_block_k = block_k or mosaic_gpu.FORWARD_BLOCK_K
     if dispatch.backend() == "gpu" and (block_q, block_k, num_warps) == (None, None, None):
         (block_q, block_k, num_warps, num_stages), default_bwd = gpu_tiles(d, t, s_len)
         backward_tiles = backward_tiles or default_bwd
@@ -147,16 +147,21 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
                           "visible keys from the key mask and causality only")
     if mosaic and path != "xla":
         why_not = (mosaic_gpu.unsupported(q, k, mosaic_block_k, num_stages)
-                   or _mosaic_refuses(key_mask_bs, segments, length_scale, path))
+                   or _mosaic_refuses(segments, path))
         if why_not:
             raise ConfigError(f"gpu_kernel='mosaic': {why_not}")
         call = MosaicCall(qk_norm=qk_norm, normalizer=normalizer, causal=causal,
                           sm_scale=float(d ** -0.5 if sm_scale is None else sm_scale), eps=eps,
                           block_k=mosaic_block_k, stages=num_stages)
         ones = jnp.ones((d,), jnp.float32)
+        row_scale = None
+        if length_scale:
+            keys = jnp.ones((b, s_len)) if key_mask_bs is None else key_mask_bs
+            row_scale = _length_scales(keys, d, t, causal)
+        key_mask = None if key_mask_bs is None else key_mask_bs.astype(jnp.float32)
         return _mosaic_attention(q, k, v, ones if q_scale is None else q_scale,
-                                 ones if k_scale is None else k_scale, call,
-                                 path == "interpret")
+                                 ones if k_scale is None else k_scale, key_mask, row_scale,
+                                 call, path == "interpret")
     if impl == "auto" and path == "pallas" and cudnn.takes(
             q, k, v, key_mask_bs, normalizer=normalizer, causal=causal, segments=segments,
             length_scale=length_scale):
@@ -199,10 +204,10 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
                        rows(row_scale, pad_q)), (g, g_bwd), path == "interpret")
 
 
-def _mosaic_refuses(key_mask_bs, segments, length_scale: bool, path: str) -> str | None:
-    """What the Mosaic GPU forward lacks that this call asks for, or None."""
-    if key_mask_bs is not None or segments is not None or length_scale:
-        return "it takes no key mask, segment ids or length scale"
+def _mosaic_refuses(segments, path: str) -> str | None:
+    """What the Mosaic GPU kernels lack that this call asks for, or None."""
+    if segments is not None:
+        return "it takes no segment ids"
     if path == "pallas" and dispatch.backend() != "gpu":
         return f"it runs on a GPU (or with impl='interpret'), this backend is {dispatch.backend()}"
     return None
@@ -311,22 +316,29 @@ class MosaicCall:
                     sm_scale=self.sm_scale, eps=self.eps)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _mosaic_attention(q, k, v, q_scale, k_scale, call, interpret):
-    return _mosaic_attention_fwd(q, k, v, q_scale, k_scale, call, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _mosaic_attention(q, k, v, q_scale, k_scale, key_mask, row_scale, call, interpret):
+    """key_mask [b, s] float32 (1: seen) and row_scale [b, t] (logit factors) or None; both
+    constants to the VJP."""
+    return _mosaic_attention_fwd(q, k, v, q_scale, k_scale, key_mask, row_scale, call,
+                                 interpret)[0]
 
 
-def _mosaic_attention_fwd(q, k, v, q_scale, k_scale, call, interpret):
-    out, stat = mosaic_gpu.forward(q, k, v, q_scale, k_scale, block_kv=call.block_k,
-                                   stages=call.stages, interpret=interpret, **call.options())
-    return out, (q, k, v, q_scale, k_scale, out, stat)
+def _mosaic_attention_fwd(q, k, v, q_scale, k_scale, key_mask, row_scale, call, interpret):
+    out, stat = mosaic_gpu.forward(q, k, v, q_scale, k_scale, key_mask, row_scale,
+                                   block_kv=call.block_k, stages=call.stages,
+                                   interpret=interpret, **call.options())
+    return out, (q, k, v, q_scale, k_scale, key_mask, row_scale, out, stat)
 
 
 def _mosaic_attention_bwd(call, interpret, saved, dout):
-    q, k, v, q_scale, k_scale, out, stat = saved
-    dq, dk, dv, dqs, dks = mosaic_backward.backward(q, k, v, q_scale, k_scale, out, stat, dout,
+    q, k, v, q_scale, k_scale, key_mask, row_scale, out, stat = saved
+    dq, dk, dv, dqs, dks = mosaic_backward.backward(q, k, v, q_scale, k_scale, key_mask,
+                                                    row_scale, out, stat, dout,
                                                     interpret=interpret, **call.options())
-    return dq, dk, dv, dqs.astype(q_scale.dtype), dks.astype(k_scale.dtype)
+    zeros = lambda x: None if x is None else jnp.zeros_like(x)
+    return (dq, dk, dv, dqs.astype(q_scale.dtype), dks.astype(k_scale.dtype), zeros(key_mask),
+            zeros(row_scale))
 
 
 _mosaic_attention.defvjp(_mosaic_attention_fwd, _mosaic_attention_bwd)

@@ -42,26 +42,32 @@ STAGES = 2
 LN2 = math.log(2.0)
 
 
-def prepared_queries(q, q_scale, k_scale, *, qk_norm, normalizer, sm_scale, eps):
+def prepared_queries(q, q_scale, k_scale, row_scale, *, qk_norm, normalizer, sm_scale, eps):
     """(q' [b, t, h, d] in q's dtype, Σ_d q' [b, t, h] float32): the queries the forward's
-    products read (mosaic_gpu._prepare_queries), as a differentiable XLA function."""
+    products read (mosaic_gpu._prepare_queries), as a differentiable XLA function; row_scale
+    [b, t] the queries' logit factors."""
     gain = mg.logit_gain(q.shape[-1], q_scale, k_scale, qk_norm=qk_norm,
                          normalizer=normalizer, sm_scale=sm_scale)
-    q_prime = (head_norm(q, None, qk_norm, eps) * gain).astype(q.dtype)
+    x = head_norm(q, None, qk_norm, eps) * row_scale[:, :, None, None]
+    q_prime = (x * gain).astype(q.dtype)
     return q_prime, q_prime.astype(jnp.float32).sum(-1)
 
 
-def backward(q, k, v, q_scale, k_scale, out, stat, dout, *, qk_norm, normalizer, causal,
-             sm_scale, eps, interpret: bool = False):
+def backward(q, k, v, q_scale, k_scale, key_mask, row_scale, out, stat, dout, *, qk_norm,
+             normalizer, causal, sm_scale, eps, interpret: bool = False):
     """Gradients of mosaic_gpu.forward: (dq, dk, dv, dq_scale, dk_scale); q_scale and k_scale
-    arrays, out [b, t, h, d] and stat [b, h, t] its outputs, dout the output's cotangent."""
+    arrays, key_mask and row_scale as the forward took them, out [b, t, h, d] and stat
+    [b, h, t] its outputs, dout the output's cotangent."""
     b, t, h, d = q.shape
     s_len, h_kv = k.shape[1], k.shape[2]
     group = h // h_kv
     g = mg.geometry(q, k, qk_norm=qk_norm, normalizer=normalizer, causal=causal,
-                    sm_scale=sm_scale, eps=eps, block_k=BLOCK, stages=STAGES)
-    prepare = functools.partial(prepared_queries, qk_norm=qk_norm, normalizer=normalizer,
-                                sm_scale=sm_scale, eps=eps)
+                    sm_scale=sm_scale, eps=eps, block_k=BLOCK, stages=STAGES,
+                    key_masked=key_mask is not None)
+    row_scale = mg.padded_row_scale(row_scale, b, t, t)
+    prepare = lambda q, q_scale, k_scale: prepared_queries(
+        q, q_scale, k_scale, row_scale, qk_norm=qk_norm, normalizer=normalizer,
+        sm_scale=sm_scale, eps=eps)
     (q_prime, sums), prepare_vjp = jax.vjp(prepare, q, q_scale, k_scale)
     (rstd, shift), stats_vjp = jax.vjp(lambda k: mg.key_stats(k, qk_norm, eps), k)
     delta = jnp.einsum("bthd,bthd->bht", out.astype(jnp.float32), dout.astype(jnp.float32))
@@ -76,14 +82,14 @@ def backward(q, k, v, q_scale, k_scale, out, stat, dout, *, qk_norm, normalizer,
         dout.astype(q.dtype), mg.ROWS_PER_PROGRAM)
     k_p, v_p = mg.pad_rows(k, mg.ROWS_PER_PROGRAM), mg.pad_rows(v, mg.ROWS_PER_PROGRAM)
     tk = k_p.shape[1]
-    per_key = jnp.pad(jnp.stack([rstd, shift], axis=2), ((0, 0),) * 3 + ((0, tk - s_len),))
+    per_key = mg.key_rows(rstd, shift, key_mask, tk)
     arrays = (q_prime, dout_p, per_query, k_p, v_p, per_key)
     dq_prime, dsums = _dq(g, *arrays, interpret)
     dk_heads, dv_heads, dstats = _dkdv(g, *arrays, interpret)
     by_group = lambda x: x[:, :s_len].astype(jnp.float32).reshape(b, s_len, h_kv, group,
                                                                   d).sum(3)
     dk, dv = by_group(dk_heads), by_group(dv_heads)
-    dstats = dstats[..., :s_len].reshape(b, h_kv, group, 2, s_len).sum(2)
+    dstats = dstats[:, :, :2, :s_len].reshape(b, h_kv, group, 2, s_len).sum(2)
     dq, dq_scale, dk_scale = prepare_vjp((dq_prime[:, :t], jnp.swapaxes(dsums[:, :, :t], 1, 2)))
     if qk_norm is not None:
         dk = dk + stats_vjp((dstats[:, :, 0], dstats[:, :, 1]))[0]
@@ -104,7 +110,7 @@ def _dq(g, q_prime, dout, per_query, k, v, per_key, interpret):
                    transforms=mg.tiled(d, dout.dtype)),
         plgpu.SMEM((COMPUTE_WARPGROUPS, 3, BLOCK_Q), jnp.float32),          # stat, δ, Σq'
         plgpu.SMEM((STAGES, BLOCK, d), k.dtype, transforms=mg.tiled(d, k.dtype)),
-        plgpu.SMEM((STAGES, 2, BLOCK), jnp.float32),                         # key stats
+        plgpu.SMEM((STAGES, mg.KEY_ROWS, BLOCK), jnp.float32),               # key rows
         plgpu.SMEM((STAGES, BLOCK, d), v.dtype, transforms=mg.tiled(d, v.dtype)),
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q), jnp.float32),             # dΣq'
         mg.staging(BLOCK, q_prime.dtype, interpret),
@@ -196,7 +202,11 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
     s = mg.normed_scores(g, a, kstat_smem.at[slot], sums)
     plgpu.barrier_wait(v_ready.at[slot])
     dp = mg.product(do_tile, v_smem.at[slot].transpose((1, 0)), shape)
-    seen = mg.visible(g, shape, q_first, j * BLOCK) if masked else None
+    seen = None
+    if masked:
+        valid = (mg.load_vector(kstat_smem.at[slot, 2], per_row=False) if g.key_masked
+                 else None)
+        seen = mg.visible(g, shape, q_first, j * BLOCK, valid=valid)
     _, ds = _score_grads(g, s, mg.rows(stat, shape), dp, mg.rows(delta, shape), seen)
     if g.qk_norm is not None:
         per_key = kstat_smem.at[slot]
@@ -216,7 +226,7 @@ def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret):
                    transforms=mg.tiled(d, k.dtype)),                         # k, then dk
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), v.dtype,
                    transforms=mg.tiled(d, v.dtype)),                         # v, then dv
-        plgpu.SMEM((COMPUTE_WARPGROUPS, 2, BLOCK_Q), jnp.float32),          # key stats, then d
+        plgpu.SMEM((COMPUTE_WARPGROUPS, mg.KEY_ROWS, BLOCK_Q), jnp.float32),  # key rows, then d
         plgpu.SMEM((STAGES, BLOCK, d), q_prime.dtype, transforms=mg.tiled(d, q_prime.dtype)),
         plgpu.SMEM((STAGES, BLOCK, d), dout.dtype, transforms=mg.tiled(d, dout.dtype)),
         plgpu.SMEM((STAGES, 3, BLOCK), jnp.float32),                         # stat, δ, Σq'
@@ -232,20 +242,21 @@ def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret):
     heads_shape = (b, tk, h, d)
     return mg.launch(entry, (jax.ShapeDtypeStruct(heads_shape, k.dtype),
                              jax.ShapeDtypeStruct(heads_shape, v.dtype),
-                             jax.ShapeDtypeStruct((b, h, 2, tk), jnp.float32)),
+                             jax.ShapeDtypeStruct((b, h, mg.KEY_ROWS, tk), jnp.float32)),
                      (h, tk // mg.ROWS_PER_PROGRAM, b), interpret)(
         q_prime, dout, per_query, k, v, per_key)
 
 
 def _query_blocks(g, k_first, num_blocks):
     """(first query block that sees any of keys [k_first, k_first + BLOCK_Q), first from
-    which every query sees them all): blocks before the second need the causal mask."""
+    which every query sees them all): blocks before the second need the mask, and with a key
+    mask every block does."""
     if not g.causal:
-        return 0, 0
+        return 0, num_blocks if g.key_masked else 0
     offset = g.k_len - g.q_len
     first = jnp.clip((k_first - offset) // BLOCK, 0, num_blocks)
     whole = jnp.clip(-(-(k_first + BLOCK_Q - 1 - offset) // BLOCK), first, num_blocks)
-    return first, whole
+    return first, num_blocks if g.key_masked else whole
 
 
 def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dk_ref, dv_ref,
@@ -266,7 +277,8 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dk_ref,
         mg.copy_in([(k_ref.at[batch, keys_here, kv_head], k_tile),
                     (v_ref.at[batch, keys_here, kv_head], v_tile),
                     (kstat_ref.at[batch, kv_head, :, keys_here], kstats)], key_ready.at[wg])
-        rstd, shift = (mg.load_vector(kstats.at[i], per_row=True) for i in range(2))
+        rstd, shift, valid = (mg.load_vector(kstats.at[i], per_row=True)
+                              for i in range(mg.KEY_ROWS))
         first, whole = _query_blocks(g, k_first, num_blocks)
         zeros = lambda shape, layout: plgpu.layout_cast(jnp.zeros(shape, jnp.float32), layout)
         per_row = plgpu.Layout.WGMMA.reduce(1)
@@ -274,7 +286,7 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dk_ref,
                  zeros((BLOCK_Q,), per_row), zeros((BLOCK_Q,), per_row))
         lax.fori_loop(lo, first, mg.release(readies, free, lo, STAGES), None)
         step = functools.partial(_dkdv_step, g, k_tile, v_tile, q_smem, do_smem, rowval_smem,
-                                 readies, free, lo, k_first, (rstd, shift),
+                                 readies, free, lo, k_first, (rstd, shift, valid),
                                  None if p_smem is None else p_smem.at[wg])
         carry = lax.fori_loop(first, whole, functools.partial(step, masked=True), carry)
         dk, dv, drstd, dshift = lax.fori_loop(whole, num_blocks,
@@ -304,7 +316,7 @@ def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, l
     """One query block against this warpgroup's keys; tiles are [keys, queries]."""
     dk, dv, drstd, dshift = carry
     q_ready, do_ready, rowval_ready = readies
-    rstd, shift = key_values
+    rstd, shift, valid = key_values
     slot = lax.rem(j - lo, STAGES)
     for ready in readies:
         plgpu.barrier_wait(ready.at[slot])
@@ -318,7 +330,8 @@ def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, l
         if g.qk_norm == "layer":
             s = s - mg.rows(shift, shape) * mg.cols(sums, shape)
     dp = mg.product(v_tile, do_smem.at[slot].transpose((1, 0)), shape)
-    seen = mg.visible(g, shape, j * BLOCK, k_first, keys_on_rows=True) if masked else None
+    seen = mg.visible(g, shape, j * BLOCK, k_first, keys_on_rows=True,
+                      valid=valid if g.key_masked else None) if masked else None
     p, ds = _score_grads(g, s, mg.cols(stat, shape), dp, mg.cols(delta, shape), seen)
     dv = mg.accumulate(dv, p.astype(v_tile.dtype), do_smem.at[slot], p_smem)
     if g.qk_norm is not None:

@@ -51,29 +51,29 @@ COMPUTE_WARPGROUPS = 2
 ROWS_PER_PROGRAM = BLOCK_Q * COMPUTE_WARPGROUPS
 LOG2_E = 1.4426950408889634
 NEG = -1e30             # a finite "minus infinity", as in pallas.py
-
-
-def default_block_kv(head_dim: int) -> int:
-    """Keys per forward step: 128 (two stages of it fit in SMEM at head dim 128)."""
-    return 128
+FORWARD_BLOCK_K = 128   # keys per forward step: two stages of them fit in SMEM at head dim 128
+KEY_ROWS = 3            # per key: rstd, rstd·μ, 1 if it may be seen else 0
 
 
 def smem_bytes(head_dim: int, block_kv: int, stages: int, itemsize: int = 2) -> int:
     """About the shared memory one program holds (the buffers; barriers are a few bytes)."""
     tiles = (COMPUTE_WARPGROUPS * BLOCK_Q + 2 * stages * block_kv) * head_dim * itemsize
-    return tiles + stages * 2 * block_kv * 4 + COMPUTE_WARPGROUPS * (head_dim + BLOCK_Q) * 4
+    vectors = stages * KEY_ROWS * block_kv + COMPUTE_WARPGROUPS * (head_dim + 2 * BLOCK_Q)
+    return tiles + 4 * vectors
 
 
 SMEM_BUDGET = 227 * 1024  # what an H100 lets one block hold
 
 
-def unsupported(q, k, block_kv: int = 128, stages: int = 2) -> str | None:
-    """Why this kernel cannot take these inputs, or None if it can."""
+def unsupported(q, k, block_kv: int = FORWARD_BLOCK_K, stages: int = 2) -> str | None:
+    """Why the Mosaic GPU kernels cannot take these inputs (block_kv keys per forward step,
+    `stages` ring slots), or None if they can."""
     d = q.shape[-1]
     if not available():
         return f"Mosaic GPU kernels need jax ≥ 0.11, this is {jax.__version__}"
     if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
-        return f"the Mosaic GPU kernel takes bfloat16 or float16 inputs, got {q.dtype}"
+        return (f"the Mosaic GPU kernels take bfloat16 or float16 q and k, got {q.dtype} and "
+                f"{k.dtype}")
     if d not in (64, 128):  # the dK/dV kernel holds two [64, d] float32 accumulators
         return f"the Mosaic GPU kernels take head dim 64 or 128, got {d}"
     if block_kv % 64 or block_kv > 256:
@@ -114,49 +114,75 @@ def logit_gain(d: int, q_scale, k_scale, *, qk_norm: str | None, normalizer: str
     return gain
 
 
-def forward(q, k, v, q_scale, k_scale, *, qk_norm: str | None, normalizer: str, causal: bool,
-            sm_scale: float, eps: float, block_kv: int = 128, stages: int = 2,
-            interpret: bool = False):
-    """q [b, t, h, d], k and v [b, s, h_kv, d] (16-bit), gains [d] or None ->
-    (o [b, t, h, d], statistic [b, h, t] float32)."""
+def forward(q, k, v, q_scale, k_scale, key_mask=None, row_scale=None, *,
+            qk_norm: str | None, normalizer: str, causal: bool, sm_scale: float, eps: float,
+            block_kv: int = FORWARD_BLOCK_K, stages: int = 2, interpret: bool = False):
+    """q [b, t, h, d], k and v [b, s, h_kv, d] (16-bit), gains [d] or None, key_mask [b, s]
+    (True: the key may be seen) or None, row_scale [b, t] (a factor on each query's logits,
+    e.g. LSSA's length scale) or None -> (o [b, t, h, d], statistic [b, h, t] float32)."""
     b, t, h, d = q.shape
     s_len, h_kv = k.shape[1], k.shape[2]
     g = geometry(q, k, qk_norm=qk_norm, normalizer=normalizer, causal=causal,
-                 sm_scale=sm_scale, eps=eps, block_k=block_kv, stages=stages)
+                 sm_scale=sm_scale, eps=eps, block_k=block_kv, stages=stages,
+                 key_masked=key_mask is not None)
     gain = logit_gain(d, q_scale, k_scale, qk_norm=qk_norm, normalizer=normalizer,
                       sm_scale=sm_scale)
     q = pad_rows(q, ROWS_PER_PROGRAM)
-    k, v = pad_rows(k, block_kv), pad_rows(v, block_kv)
-    stats = jnp.stack(key_stats(k, qk_norm, eps), axis=2)  # [b, h_kv, 2, s]
     tq = q.shape[1]
+    row_scale = padded_row_scale(row_scale, b, t, tq)
+    k_p, v = pad_rows(k, block_kv), pad_rows(v, block_kv)
+    stats = key_rows(*key_stats(k, qk_norm, eps), key_mask, k_p.shape[1])
     scratch = (
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), q.dtype, transforms=tiled(d, q.dtype)),
         plgpu.SMEM((stages, block_kv, d), k.dtype, transforms=tiled(d, k.dtype)),
         plgpu.SMEM((stages, block_kv, d), v.dtype, transforms=tiled(d, v.dtype)),
-        plgpu.SMEM((stages, 2, block_kv), jnp.float32),                            # key stats
+        plgpu.SMEM((stages, KEY_ROWS, block_kv), jnp.float32),                     # key rows
         plgpu.SMEM((COMPUTE_WARPGROUPS, d), jnp.float32),                           # gain
+        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q), jnp.float32),                     # row scale
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q), jnp.float32),                     # statistic
         staging(block_kv, q.dtype, interpret),
     )
-    barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),   # q and the gain landed
-                *ring_barriers(3, stages))                        # k, its stats, v; free
+    barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),   # q, gain, row scale landed
+                *ring_barriers(3, stages))                        # k, its rows, v; free
 
-    def entry(q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_ref):
+    def entry(q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref):
         pl.run_scoped(lambda smem, bars: _forward_program(
-            g, q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_ref, *smem, *bars),
-            scratch, barriers, collective_axes="wg")
+            g, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref, *smem,
+            *bars), scratch, barriers, collective_axes="wg")
 
     o, stat = launch(entry, (jax.ShapeDtypeStruct(q.shape, q.dtype),
                              jax.ShapeDtypeStruct((b, h, tq), jnp.float32)),
-                     (h, tq // ROWS_PER_PROGRAM, b), interpret)(q, k, v, stats, gain)
+                     (h, tq // ROWS_PER_PROGRAM, b), interpret)(q, k_p, v, stats, gain,
+                                                                 row_scale)
     return o[:, :t], stat[:, :, :t]
 
 
-def geometry(q, k, *, qk_norm, normalizer, causal, sm_scale, eps, block_k, stages):
-    """pallas.py's Geometry for these inputs: block_k keys per step, num_stages ring slots."""
+def geometry(q, k, *, qk_norm, normalizer, causal, sm_scale, eps, block_k, stages,
+             key_masked):
+    """pallas.py's Geometry for these inputs: block_k keys per step, num_stages ring slots,
+    key_masked when a key mask comes in (then every tile is masked)."""
     return Geometry(block_q=BLOCK_Q, block_k=block_k, q_len=q.shape[1], k_len=k.shape[1],
                     group=q.shape[2] // k.shape[2], causal=causal, normalizer=normalizer,
-                    qk_norm=qk_norm, sm_scale=sm_scale, eps=eps, num_stages=stages)
+                    qk_norm=qk_norm, sm_scale=sm_scale, eps=eps, num_stages=stages,
+                    key_masked=key_masked)
+
+
+def key_rows(rstd, shift, key_mask, padded_len: int):
+    """[b, h_kv, KEY_ROWS, padded_len] float32: the per-key values the kernels stream, zero
+    (unseen) for padding keys."""
+    valid = jnp.ones(rstd.shape, jnp.float32)
+    if key_mask is not None:
+        valid = jnp.broadcast_to(key_mask.astype(jnp.float32)[:, None], rstd.shape)
+    rows_ = jnp.stack([rstd, shift, valid], axis=2)
+    return jnp.pad(rows_, ((0, 0),) * 3 + ((0, padded_len - rstd.shape[-1]),))
+
+
+def padded_row_scale(row_scale, b: int, t: int, padded_len: int):
+    """[b, padded_len] float32 logit factors per query, 1 where none is given."""
+    if row_scale is None:
+        return jnp.ones((b, padded_len), jnp.float32)
+    return jnp.pad(row_scale.astype(jnp.float32), ((0, 0), (0, padded_len - t)),
+                   constant_values=1.0)
 
 
 def pad_rows(x, multiple: int):
@@ -283,14 +309,17 @@ def load_vector(ref, per_row: bool):
     return plgpu.load(ref, layout=plgpu.Layout.WGMMA.reduce(1 if per_row else 0))
 
 
-def visible(g, shape, q_first, k_first, keys_on_rows: bool = False):
+def visible(g, shape, q_first, k_first, keys_on_rows: bool = False, valid=None):
     """[shape] booleans of a score tile whose first query is q_first and first key k_first:
-    the key exists (below the unpadded length) and, under causality, the query sees it."""
+    the key exists (below the unpadded length), is not masked (`valid`, a vector of the
+    tile's keys, > 0 where seen) and, under causality, the query sees it."""
     row = plgpu.broadcasted_iota(jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA)
     col = plgpu.broadcasted_iota(jnp.int32, shape, 1, layout=plgpu.Layout.WGMMA)
     q_pos, k_pos = (col + q_first, row + k_first) if keys_on_rows else (row + q_first,
                                                                          col + k_first)
     seen = k_pos < g.k_len
+    if valid is not None:
+        seen = seen & ((rows if keys_on_rows else cols)(valid, shape) > 0)
     if g.causal:
         seen = seen & (q_pos + (g.k_len - g.q_len) >= k_pos)
     return seen
@@ -305,7 +334,8 @@ def key_blocks(g, q_first):
     """(key blocks every query of rows [q_first, q_first + BLOCK_Q) sees whole, key blocks
     any of them sees), blocks of g.block_k keys."""
     total = -(-g.k_len // g.block_k)
-    whole = g.k_len // g.block_k   # a ragged last block needs the length mask
+    # a ragged last block needs the length mask, and with a key mask every block needs it
+    whole = 0 if g.key_masked else g.k_len // g.block_k
     if not g.causal:
         return whole, total
     offset = g.k_len - g.q_len
@@ -314,9 +344,9 @@ def key_blocks(g, q_first):
     return jnp.minimum(whole_causal, seen), seen
 
 
-def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_ref, q_smem,
-                     k_smem, v_smem, kstat_smem, gain_smem, stat_smem, p_smem, q_ready,
-                     k_ready, kstat_ready, v_ready, free):
+def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref,
+                     q_smem, k_smem, v_smem, kstat_smem, gain_smem, rscale_smem, stat_smem,
+                     p_smem, q_ready, k_ready, kstat_ready, v_ready, free):
     """Two compute warpgroups of BLOCK_Q queries each, and the memory warpgroup that feeds
     them key blocks."""
     batch, head, wg, program_first = program_axes()
@@ -329,8 +359,10 @@ def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_re
         q_first = program_first + wg * BLOCK_Q
         q_tile = q_smem.at[wg]
         copy_in([(q_ref.at[batch, pl.ds(q_first, BLOCK_Q), head], q_tile),
-                 (gain_ref, gain_smem.at[wg])], q_ready.at[wg])
-        row_sum = _prepare_queries(g, q_tile, gain_smem.at[wg])
+                 (gain_ref, gain_smem.at[wg]),
+                 (rscale_ref.at[batch, pl.ds(q_first, BLOCK_Q)], rscale_smem.at[wg])],
+                q_ready.at[wg])
+        row_sum = _prepare_queries(g, q_tile, gain_smem.at[wg], rscale_smem.at[wg])
         whole, seen = key_blocks(g, q_first)
         per_row = plgpu.Layout.WGMMA.reduce(1)
         carry = (plgpu.layout_cast(jnp.full((BLOCK_Q,), NEG, jnp.float32), per_row),  # max
@@ -370,15 +402,16 @@ def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, o_ref, stat_re
                 k_ref.shape[1] // g.block_k)
 
 
-def _prepare_queries(g, q_tile, gain_smem):
-    """Normalize the q tile in place and fold the gain into it; returns Σ_d q' per row for
-    LayerNorm's mean correction (None otherwise)."""
+def _prepare_queries(g, q_tile, gain_smem, rscale_smem):
+    """Normalize the q tile in place and fold the gain and each row's logit factor into it;
+    returns Σ_d q' per row for LayerNorm's mean correction (None otherwise)."""
     x = q_tile[...].astype(jnp.float32)
     d = x.shape[-1]
     if g.qk_norm == "layer":
         x = x - rows(x.sum(axis=1) / d, x.shape)
     if g.qk_norm is not None:
         x = x * rows(lax.rsqrt((x * x).sum(axis=1) / d + g.eps), x.shape)
+    x = x * rows(load_vector(rscale_smem, per_row=True), x.shape)
     q = (x * cols(load_vector(gain_smem, per_row=False), x.shape)).astype(q_tile.dtype)
     q_tile[...] = q
     plgpu.commit_smem()
@@ -387,7 +420,7 @@ def _prepare_queries(g, q_tile, gain_smem):
 
 def normed_scores(g, a, key_stats_slot, query_sums, keys_on_rows: bool = False):
     """Scores from the raw product a = q'·k: times each key's rstd, minus rstd·μ·Σq' for
-    LayerNorm; key_stats_slot the [2, block] SMEM slot of (rstd, rstd·μ)."""
+    LayerNorm; key_stats_slot the [KEY_ROWS, block] SMEM slot of key rows."""
     if g.qk_norm is None:
         return a
     per_key = rows if keys_on_rows else cols
@@ -409,7 +442,8 @@ def _forward_step(g, q_tile, k_smem, v_smem, kstat_smem, readies, free, q_first,
     a = product(q_tile, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, g.block_k))
     s = normed_scores(g, a, kstat_smem.at[slot], row_sum)
     if masked:
-        seen = visible(g, s.shape, q_first, j * g.block_k)
+        valid = load_vector(kstat_smem.at[slot, 2], per_row=False) if g.key_masked else None
+        seen = visible(g, s.shape, q_first, j * g.block_k, valid=valid)
     keep = (lambda x: jnp.where(seen, x, 0.0)) if masked else (lambda x: x)
     if g.normalizer == "softmax":
         if masked:
