@@ -96,13 +96,13 @@ def backward(q, k, v, q_scale, k_scale, key_mask, row_scale, out, stat, dout, *,
     return dq, dk.astype(k.dtype), dv.astype(v.dtype), dq_scale, dk_scale
 
 
-def _shapes(g, q_prime, k_p):
+def _shapes(q_prime, k_p):
     b, tq, h, d = q_prime.shape
     return b, tq, h, d, k_p.shape[1]
 
 
 def _dq(g, q_prime, dout, per_query, k, v, per_key, interpret):
-    b, tq, h, d, tk = _shapes(g, q_prime, k)
+    b, tq, h, d, tk = _shapes(q_prime, k)
     scratch = (
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), q_prime.dtype,
                    transforms=mg.tiled(d, q_prime.dtype)),                  # q', then dq'
@@ -220,7 +220,7 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
 
 
 def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret):
-    b, tq, h, d, tk = _shapes(g, q_prime, k)
+    b, tq, h, d, tk = _shapes(q_prime, k)
     scratch = (
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), k.dtype,
                    transforms=mg.tiled(d, k.dtype)),                         # k, then dk

@@ -173,8 +173,8 @@ def key_rows(rstd, shift, key_mask, padded_len: int):
     valid = jnp.ones(rstd.shape, jnp.float32)
     if key_mask is not None:
         valid = jnp.broadcast_to(key_mask.astype(jnp.float32)[:, None], rstd.shape)
-    rows_ = jnp.stack([rstd, shift, valid], axis=2)
-    return jnp.pad(rows_, ((0, 0),) * 3 + ((0, padded_len - rstd.shape[-1]),))
+    table = jnp.stack([rstd, shift, valid], axis=2)
+    return jnp.pad(table, ((0, 0),) * 3 + ((0, padded_len - rstd.shape[-1]),))
 
 
 def padded_row_scale(row_scale, b: int, t: int, padded_len: int):
