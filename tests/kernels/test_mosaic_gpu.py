@@ -1,8 +1,9 @@
 """The Hopper kernels in Mosaic GPU (`gpu_kernel="mosaic"`): run by Mosaic GPU's interpreter
 against the XLA reference (values, the forward's row statistic, and gradients through the
 dQ and dK/dV kernels), and lowered for CUDA on the CPU, which runs Mosaic GPU's layout
-inference and shared-memory check on the compiled kernels. The interpreter and the lowering need jax ≥ 0.11:
-CI's Python 3.12 pass runs this file, its Python 3.11 pass (jax 0.10) skips it."""
+inference and shared-memory check on the compiled kernels. The interpreter and the lowering
+need jax ≥ 0.11: CI's Python 3.12 pass runs this file, its Python 3.11 pass (jax 0.10) skips
+it. On a GPU, JAXLAB_TEST_KERNELS=pallas runs the same tests on the compiled kernels."""
 import jax
 import jax.numpy as jnp
 import numpy as np
