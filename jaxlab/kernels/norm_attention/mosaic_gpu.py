@@ -326,7 +326,8 @@ def visible(g, shape, q_first, k_first, keys_on_rows: bool = False, valid=None):
 
 
 def softplus(x):
-    """max(x, 0) + log(1 + exp(−|x|)): softplus in functions Mosaic GPU lowers."""
+    """max(x, 0) + log(1 + exp(−|x|)). jax.nn.softplus is a custom_jvp, which Mosaic GPU's
+    lowering refuses ("Resource estimation does not support custom_jvp_call")."""
     return jnp.maximum(x, 0.0) + jnp.log(1.0 + jnp.exp(-jnp.abs(x)))
 
 
