@@ -145,19 +145,18 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     if length_scale and segments is not None:
         raise ConfigError("length_scale with segment_ids is not supported: the kernel counts "
                           "visible keys from the key mask and causality only")
+    logit_scale = float(d ** -0.5 if sm_scale is None else sm_scale)
+    ones = jnp.ones((d,), jnp.float32)
+    keys = jnp.ones((b, s_len)) if key_mask_bs is None else key_mask_bs
+    row_scale = _length_scales(keys, d, t, causal) if length_scale else None
     if mosaic and path != "xla":
         why_not = (mosaic_gpu.unsupported(q, k, mosaic_block_k, num_stages)
                    or _mosaic_refuses(segments, path))
         if why_not:
             raise ConfigError(f"gpu_kernel='mosaic': {why_not}")
         call = MosaicCall(qk_norm=qk_norm, normalizer=normalizer, causal=causal,
-                          sm_scale=float(d ** -0.5 if sm_scale is None else sm_scale), eps=eps,
-                          block_k=mosaic_block_k, stages=num_stages)
-        ones = jnp.ones((d,), jnp.float32)
-        row_scale = None
-        if length_scale:
-            keys = jnp.ones((b, s_len)) if key_mask_bs is None else key_mask_bs
-            row_scale = _length_scales(keys, d, t, causal)
+                          sm_scale=logit_scale, eps=eps, block_k=mosaic_block_k,
+                          stages=num_stages)
         key_mask = None if key_mask_bs is None else key_mask_bs.astype(jnp.float32)
         return _mosaic_attention(q, k, v, ones if q_scale is None else q_scale,
                                  ones if k_scale is None else k_scale, key_mask, row_scale,
@@ -183,17 +182,15 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     g = pallas.Geometry(block_q=block_q, block_k=block_k,
                         q_len=t, k_len=s_len, group=h // h_kv, causal=causal,
                         normalizer=normalizer, qk_norm=qk_norm,
-                        sm_scale=float(d ** -0.5 if sm_scale is None else sm_scale), eps=eps,
-                        segmented=segments is not None, length_scaled=length_scale,
+                        sm_scale=logit_scale, eps=eps, segmented=segments is not None,
+                        length_scaled=length_scale,
                         num_warps=num_warps, num_stages=num_stages,
                         lane_dense=dispatch.lane_dense(),
                         key_masked=key_mask_bs is not None or s_len % pad_k != 0)
     g_bwd = dataclasses.replace(g, block_q=bwd_q, block_k=bwd_k, num_warps=bwd_warps,
                                 num_stages=bwd_stages)
-    ones = jnp.ones((d,), jnp.float32)
-    keys = jnp.ones((b, s_len)) if key_mask_bs is None else key_mask_bs
     q_ids, k_ids = segments or (jnp.zeros((b, t)), jnp.zeros((b, s_len)))
-    row_scale = _length_scales(keys, d, t, causal) if length_scale else jnp.ones((b, t))
+    row_scale = jnp.ones((b, t)) if row_scale is None else row_scale
     # Masks and ids travel as float32 rows (ids below 2**24 are exact) so that the custom VJP
     # can hand back ordinary zero cotangents for them.
     rows = lambda x, n: jnp.pad(x.astype(jnp.float32), ((0, 0), (0, _padded(x.shape[1], n)
