@@ -22,15 +22,15 @@ from jaxlab.kernels.fused_norm.api import block_rows_for  # noqa: E402
 from jaxlab.kernels.linear_attention import chunked_linear_attention  # noqa: E402
 from jaxlab.kernels.norm_attention import fused_norm_attention  # noqa: E402
 from jaxlab.kernels.norm_attention import cudnn as norm_cudnn  # noqa: E402
-from jaxlab.kernels.norm_attention import mosaic_gpu  # noqa: E402
+from jaxlab.kernels.norm_attention import mosaic_backward, mosaic_gpu  # noqa: E402
 
 
 def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, tiles=None):
     """tiles: keyword arguments of fused_norm_attention that set the Pallas launch (blocks,
     warps, stages), e.g. the sweep's best; None for the defaults."""
-    def ours(q, k, v):
+    def ours(q, k, v):  # the Triton-lowered kernels
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
-                                    impl=kernel_impl, **(tiles or {}))
+                                    impl=kernel_impl, gpu_kernel="triton", **(tiles or {}))
 
     def xla(q, k, v):
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal, impl="xla")
@@ -43,7 +43,7 @@ def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, 
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
                                     impl=kernel_impl, gpu_kernel="mosaic")
 
-    candidates = {"pallas": ours, "xla": xla}
+    candidates = {"triton": ours, "xla": xla}
     if jax.default_backend() == "gpu":
         candidates["xla-norm+cudnn"] = cudnn
         if mosaic_gpu.unsupported(q, k) is None:
@@ -71,7 +71,7 @@ def launch(setting, backward=None):
 
 
 def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
-    """{setting: (fwd, bwd, fwd+bwd) TFLOP/s or a failure} of the Pallas kernel per (block_q,
+    """{setting: (fwd, bwd, fwd+bwd) TFLOP/s or a failure} of the Triton kernel per (block_q,
     block_k, num_warps, num_stages), the same setting in both passes; and the best forward
     and best backward setting."""
     keys = jax.random.split(jax.random.key(0), 3)
@@ -79,7 +79,8 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
     scale = jnp.ones((d,), jnp.float32)
     flops_fwd = 4 * b * h * t * t * d / 2
     attend = lambda impl, **kw: (lambda q, k, v: fused_norm_attention(
-        q, k, v, scale, scale, qk_norm="rms", causal=True, impl=impl, **kw))
+        q, k, v, scale, scale, qk_norm="rms", causal=True, impl=impl, gpu_kernel="triton",
+        **kw))
     want = jax.jit(attend("xla"))(q, k, v), fwd_bwd(attend("xla"))(q, k, v)
     results = {}
     for setting in settings:
@@ -101,6 +102,53 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
     return results, best(0), best(1)
 
 
+# Mosaic GPU launch settings: the forward's (keys per step, ring slots), the backward's
+# (keys per dQ step = queries per dK/dV step, ring slots).
+MOSAIC_FORWARD = [(64, 2), (64, 3), (64, 4), (128, 2), (128, 3)]
+MOSAIC_BACKWARD = [(64, 2), (64, 3), (128, 2)]
+
+
+def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
+    """{(pass, setting): (TFLOP/s, relative error against the cuDNN path) or a failure} of
+    the Mosaic GPU kernels: each forward setting timed forward only, each backward setting
+    timed as fwd+bwd minus the default forward."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
+    scale = jnp.ones((d,), jnp.float32)
+    flops_fwd = 4 * b * h * t * t * d / 2
+    candidates = attention_candidates(q, k, v, scale, kernel_impl)
+    reference = candidates.get("xla-norm+cudnn", candidates["xla"])  # the latter off a GPU
+    want = jax.jit(reference)(q, k, v), fwd_bwd(reference)(q, k, v)
+    attend = lambda block_k=None, stages=2: (lambda q, k, v: fused_norm_attention(
+        q, k, v, scale, scale, qk_norm="rms", causal=True, impl=kernel_impl, gpu_kernel="mosaic",
+        block_k=block_k, num_stages=stages))
+    results = {}
+    for block_k, stages in MOSAIC_FORWARD:
+        f = jax.jit(attend(block_k, stages))
+        try:
+            seconds = interleaved({"fwd": lambda: f(q, k, v)}, rounds)["fwd"]
+            results["fwd", (block_k, stages)] = (flops_fwd / seconds / 1e12,
+                                                 relative_error(f(q, k, v), want[0]))
+        except Exception as error:
+            results["fwd", (block_k, stages)] = f"failed: {str(error).splitlines()[0][:100]}"
+    f = jax.jit(attend())
+    for block, stages in MOSAIC_BACKWARD:
+        saved = mosaic_backward.BLOCK, mosaic_backward.STAGES
+        mosaic_backward.BLOCK, mosaic_backward.STAGES = block, stages
+        try:
+            g = fwd_bwd(attend())
+            times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)},
+                                rounds)
+            bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
+            results["bwd", (block, stages)] = (2.5 * flops_fwd / bwd / 1e12,
+                                               relative_error(g(q, k, v), want[1]))
+        except Exception as error:
+            results["bwd", (block, stages)] = f"failed: {str(error).splitlines()[0][:100]}"
+        finally:
+            mosaic_backward.BLOCK, mosaic_backward.STAGES = saved
+    return results
+
+
 def relative_error(got, want) -> float:
     """The largest over outputs of max |got − want| / max |want| (values, then gradients)."""
     return max(float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max()
@@ -113,7 +161,8 @@ def fwd_bwd(fn):
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None):
+def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None, only=None):
+    """Rows of TFLOP/s per candidate; only: the candidate names to time (None: all)."""
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
@@ -122,6 +171,8 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None):
     logits_gib = 4 * b * h * t * t / 2 ** 30
     results = {}
     for name, fn in attention_candidates(q, k, v, scale, kernel_impl, tiles=tiles).items():
+        if only is not None and name not in only:
+            continue
         # On an 80 GB H100 the all-XLA fwd+bwd ran out of memory from 8 GiB of logits on
         # (it asked for 34 GiB), after spending the part's time compiling: skip it there.
         if name == "xla" and logits_gib >= 8:
@@ -138,9 +189,9 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None):
         bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
         rows.append((name, flops_fwd / times["fwd"] / 1e12, 2.5 * flops_fwd / bwd / 1e12,
                      3.5 * flops_fwd / times["fwd+bwd"] / 1e12))
-        if name in ("pallas", "xla", "mosaic"):  # kept for the error lines below
+        if name in ("triton", "xla", "mosaic"):  # kept for the error lines below
             results[name] = f(q, k, v), g(q, k, v)
-    for name in ("pallas", "mosaic"):
+    for name in ("triton", "mosaic"):
         if name in results and "xla" in results:
             error = relative_error(results[name], results["xla"])
             rows.append((f"{name} vs xla", f"relative error {error:.1e} (values and gradients)"))
@@ -218,7 +269,11 @@ def main():
     parser.add_argument("--parts", default="attention,norm,linear",
                         help="any of blocks (a launch sweep of norm-attention, whose best "
                              "settings the attention table then uses), attention, norm, "
-                             "normsweep (norm with a rows × warps × steps sweep), linear")
+                             "normsweep (norm with a rows × warps × steps sweep), linear, "
+                             "mosaicsweep (the Mosaic GPU kernels' launch settings)")
+    parser.add_argument("--candidates", default=None,
+                        help="the attention table's rows to time, e.g. mosaic,xla-norm+cudnn "
+                             "(default: all)")
     args = parser.parse_args()
     global CALLS
     CALLS = 1 if args.smoke else args.calls
@@ -229,10 +284,11 @@ def main():
     rounds = 2 if args.smoke else args.rounds
     print(f"device: {jax.devices()[0].device_kind}  jax {jax.__version__}  dtype {jnp.dtype(dtype).name}")
     parts = args.parts.split(",")
+    only = args.candidates.split(",") if args.candidates else None
     tuned = {}  # head dim -> launch keywords: the sweep's best forward and backward settings
     if "blocks" in parts:
         sweep_t = 64 if args.smoke else 4096
-        print(f"\nPallas norm-attention TFLOP/s (fwd / bwd / fwd+bwd) by (block_q, block_k, "
+        print(f"\nTriton norm-attention TFLOP/s (fwd / bwd / fwd+bwd) by (block_q, block_k, "
               f"warps, stages) in both passes, T={sweep_t}")
         for d in head_dims:
             b, h = (1, 2) if args.smoke else (16384 // sweep_t, 16 if d == 64 else 8)
@@ -245,12 +301,22 @@ def main():
             if best_fwd:
                 tuned[d] = launch(best_fwd, best_bwd)
                 print(f"  d={d:4d} best forward {best_fwd}, best backward {best_bwd}")
+    if "mosaicsweep" in parts and jax.default_backend() == "gpu":
+        sweep_t = int(lengths[-1])
+        print(f"\nMosaic GPU norm-attention TFLOP/s by setting, T={sweep_t}: forward (block_k, "
+              "stages), backward (block, stages); error against the cuDNN path")
+        for d in head_dims:
+            b, h = max(1, 16384 // sweep_t), 16 if d == 64 else 8
+            for (part, setting), cell in bench_mosaic(b, h, sweep_t, d, dtype, rounds).items():
+                cell = cell if isinstance(cell, str) else f"{cell[0]:8.1f}   error {cell[1]:.1e}"
+                print(f"  d={d:4d} {part} {str(setting):10s} {cell}", flush=True)
     print("\nfused norm-attention (rms qk-norm, causal), TFLOP/s: fwd / bwd / fwd+bwd"
-          + ("; pallas with the sweep's best settings" if tuned else ""))
+          + ("; triton with the sweep's best settings" if tuned else ""))
     for d in (head_dims if "attention" in parts else []):
         for t in lengths:
             b, h = (1, 2) if args.smoke else (max(1, 16384 // t), 16 if d == 64 else 8)
-            for name, *rates in bench_attention(b, h, t, d, dtype, impl, rounds, tuned.get(d)):
+            for name, *rates in bench_attention(b, h, t, d, dtype, impl, rounds, tuned.get(d),
+                                                only):
                 cells = " ".join(f"{r:8.1f}" for r in rates) if len(rates) == 3 else rates[0]
                 print(f"  d={d:4d} T={t:6d} {name:15s} {cells}", flush=True)
     print("\nfused RMSNorm + residual, GB/s (forward: x, r in, y, h out; backward: h, dy, dh in,"

@@ -40,9 +40,10 @@ def transformer(**overrides) -> ml_collections.ConfigDict:
         scan_layers=False,
         # Pallas kernels (jaxlab/kernels): xla, auto (Pallas on GPU/TPU), interpret (tests).
         kernels="xla",
-        # Softmax and LSSA attention's kernels when `kernels` runs them: triton, or mosaic
-        # (the Hopper Mosaic GPU kernels: 16-bit, head dim 64 or 128; jax >= 0.11).
-        attention_gpu_kernel="triton",
+        # Softmax and LSSA attention's GPU kernels when `kernels` runs them: auto (mosaic on
+        # a Hopper GPU where it takes the inputs, else triton), triton, or mosaic (the Hopper
+        # Mosaic GPU kernels: 16-bit, head dim 64 or 128; jax >= 0.11).
+        attention_gpu_kernel="auto",
         # Block kind (layers/macaron.py); "standard" keeps attention → FFN.
         block="standard", macaron_half_width=False,
         # KAN family FFN kinds kan, grkan, polyrelu, polynorm (layers/kan.py).

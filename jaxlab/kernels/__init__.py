@@ -7,9 +7,9 @@ except where a GPU measured another path faster: plain softmax norm-attention go
 the fused norm to XLA).
 `last_path(op)` says which path the most recent trace of `op` took.
 
-On a Hopper GPU, norm-attention can also run as Mosaic GPU kernels (wgmma, TMA, warp
-specialization): `fused_norm_attention(..., gpu_kernel="mosaic")`, see
-norm_attention/mosaic_gpu.py and mosaic_backward.py. It needs jax ≥ 0.11 and is not the default until a GPU has
-timed it.
+On a Hopper GPU, norm-attention also runs as Mosaic GPU kernels (wgmma, TMA, warp
+specialization; norm_attention/mosaic_gpu.py and mosaic_backward.py, jax ≥ 0.11):
+`fused_norm_attention(..., gpu_kernel=)` "auto" (the default) takes them there where they fit
+the inputs, "triton" and "mosaic" pick one; last_path then says "mosaic".
 """
 from jaxlab.kernels.dispatch import IMPLS, last_path, resolve  # noqa: F401

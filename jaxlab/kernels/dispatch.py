@@ -120,7 +120,8 @@ def record(op: str, path: str) -> None:
 
 def last_path(op: str) -> str | None:
     """The path the last trace of `op` took (None if it never ran): "xla", "pallas",
-    "interpret", or for fused_norm_attention also "cudnn" (see its cudnn.py)."""
+    "interpret", or for fused_norm_attention also "cudnn" (see its cudnn.py) and "mosaic"
+    (its Mosaic GPU kernels compiled; "pallas" is then the Triton kernel)."""
     return _PATHS.get(op)
 
 

@@ -43,7 +43,7 @@ class SoftmaxAttention(nnx.Module):
         self.rope_base = float(cfg.rope_base) if cfg.get("position") == "rope" else None
         self.softcap = float(cfg.get("attention_softcap", 0.0))
         self.kernels = dispatch.check_impl(cfg.get("kernels", "xla"))
-        self.gpu_kernel = cfg.get("attention_gpu_kernel", "triton")
+        self.gpu_kernel = cfg.get("attention_gpu_kernel", "auto")
         if self.gpu_kernel not in GPU_KERNELS:
             raise ConfigError(f"model.attention_gpu_kernel {self.gpu_kernel!r} is unknown; "
                               f"valid: {', '.join(GPU_KERNELS)}")

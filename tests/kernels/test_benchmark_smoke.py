@@ -21,6 +21,6 @@ def test_every_part_runs_at_smoke_size():
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     assert "best forward (16, 16, 4, 2)" in out  # the sweep's one setting passed its check
-    assert "pallas vs xla   relative error" in out
+    assert "triton vs xla   relative error" in out
     assert "fwd+bwd  pallas rows=" in out and "of copy" in out
     assert "T=    64:" in out

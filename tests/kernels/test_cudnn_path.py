@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxlab.kernels import dispatch, last_path
-from jaxlab.kernels.norm_attention import cudnn, fused_norm_attention
+from jaxlab.kernels.norm_attention import cudnn, fused_norm_attention, mosaic_gpu
 from jaxlab.kernels.norm_attention.reference import fused_norm_attention_reference
 from tests.kernels.helpers import COMPILED, assert_matches_reference
 
@@ -56,9 +56,13 @@ def test_auto_takes_cudnn_for_plain_softmax(gpu_without_cudnn):
     assert last_path("fused_norm_attention") == "cudnn"
 
 
-@pytest.mark.parametrize("case", ["softplus", "length_scale", "key_mask", "segments",
-                                  "causal_t_ne_s", "float32", "head_dim_256", "pallas"])
-def test_everything_else_keeps_our_kernel(gpu_without_cudnn, case):
+@pytest.mark.parametrize("case,mosaic_takes_it", [
+    ("softplus", True), ("length_scale", True), ("key_mask", True), ("causal_t_ne_s", True),
+    ("pallas", True), ("segments", False), ("float32", False), ("head_dim_256", False),
+    ("triton", False), ("triton_launch", False)])
+def test_everything_else_runs_our_kernels(gpu_without_cudnn, case, mosaic_takes_it):
+    """Our kernels: on a Hopper GPU (here the abstract H100 of `dispatch.target`) Mosaic GPU's
+    where they take the inputs and no Triton launch setting is given, else Triton's."""
     q, k, v = qkv(t=16 if case == "causal_t_ne_s" else 32,
                   dtype=jnp.float32 if case == "float32" else jnp.bfloat16,
                   d=256 if case == "head_dim_256" else 64)
@@ -66,10 +70,24 @@ def test_everything_else_keeps_our_kernel(gpu_without_cudnn, case):
     options.update({"softplus": dict(normalizer="softplus"),
                     "length_scale": dict(normalizer="softplus", length_scale=True),
                     "key_mask": dict(key_mask_bs=jnp.ones((2, 32), bool)),
-                    "segments": dict(segment_ids=jnp.zeros((2, 32), jnp.int32))}.get(case, {}))
-    # traced only: the Pallas path's Triton kernels cannot run on the CPU
+                    "segments": dict(segment_ids=jnp.zeros((2, 32), jnp.int32)),
+                    "triton": dict(normalizer="softplus", gpu_kernel="triton"),
+                    "triton_launch": dict(normalizer="softplus", num_warps=4)}.get(case, {}))
+    # traced only: the compiled kernels cannot run on the CPU
     jax.eval_shape(lambda q, k, v: fused_norm_attention(q, k, v, **options), q, k, v)
-    assert last_path("fused_norm_attention") == "pallas"
+    mosaic = mosaic_takes_it and mosaic_gpu.available()  # jax ≥ 0.11
+    assert last_path("fused_norm_attention") == ("mosaic" if mosaic else "pallas")
+
+
+def test_explicit_mosaic_skips_cudnn(gpu_without_cudnn):
+    """gpu_kernel="mosaic" asks for our Hopper kernels even where impl="auto" would take cuDNN
+    (benchmarks/mfu.py's bf16+mosaic setting compares the two in a model)."""
+    if not mosaic_gpu.available():
+        pytest.skip(f"Mosaic GPU needs jax ≥ 0.11, this is {jax.__version__}")
+    q, k, v = qkv()
+    jax.eval_shape(lambda q, k, v: fused_norm_attention(q, k, v, qk_norm="rms", causal=True,
+                                                        gpu_kernel="mosaic"), q, k, v)
+    assert last_path("fused_norm_attention") == "mosaic"
 
 
 @pytest.mark.skipif(not COMPILED, reason="needs a GPU with cuDNN")

@@ -32,7 +32,8 @@ def test_norm_attention_lowers(dtype, normalizer, qk_norm, segmented, length_sca
     ids = (jnp.zeros((2, 40), jnp.int32), jnp.zeros((2, 47), jnp.int32)) if segmented else None
     loss = lambda q, k, v, a, b: fused_norm_attention(
         q, k, v, a, b, jnp.ones((2, 47), bool), qk_norm=qk_norm, normalizer=normalizer,
-        causal=True, segment_ids=ids, length_scale=length_scale, impl="pallas").astype(
+        causal=True, segment_ids=ids, length_scale=length_scale, impl="pallas",
+        gpu_kernel="triton").astype(
         jnp.float32).sum()
     scale = jnp.ones((64,))
     assert triton_calls(lower_grad_for_gpu(loss, q, k, k, scale, scale)) == 3  # fwd, dq, dk/dv

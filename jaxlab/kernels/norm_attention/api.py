@@ -15,7 +15,7 @@ from jaxlab.kernels.norm_attention.reference import (NORMALIZERS, QK_NORMS,
 from jaxlab.kernels.tiles import LANES, lane_slab
 
 OP = "fused_norm_attention"
-GPU_KERNELS = ("triton", "mosaic")
+GPU_KERNELS = ("auto", "triton", "mosaic")
 
 
 # Mosaic's tiles are 8 sublanes × 128 lanes: keys run along the lanes of a score tile, so a
@@ -89,7 +89,7 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
                          num_warps: int | None = None, num_stages: int = 2,
                          length_scale: bool = False,
                          backward_tiles: tuple[int, int, int | None, int] | None = None,
-                         gpu_kernel: str = "triton"):
+                         gpu_kernel: str = "auto"):
     """Attention whose q and k are RMS/Layer-normalized over head_dim inside the kernel.
 
     q [b, t, h, d]; k, v [b, s, h_kv, d] (GQA when h_kv < h); q_scale, k_scale [d] (the norms'
@@ -110,7 +110,12 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     (queries) and 128 (keys). gpu_kernel="mosaic" runs both passes as the Hopper Mosaic GPU
     kernels of mosaic_gpu.py and mosaic_backward.py (block_k and num_stages tune the forward),
     with impl="interpret" in Mosaic GPU's interpreter: 16-bit, head dim 64 or 128, no segment
-    ids, jax ≥ 0.11. Not yet timed on a GPU, so not the default.
+    ids, jax ≥ 0.11; last_path then says "mosaic" (or "interpret"). gpu_kernel="triton" runs
+    the Triton-lowered kernels of pallas.py. gpu_kernel="auto" takes Mosaic GPU on a Hopper
+    GPU (sm_90) when it takes the inputs and no Triton launch setting (block_q, num_warps,
+    backward_tiles) is given, else Triton; on an H100 the Mosaic kernels ran fwd+bwd at about
+    1.3–1.5× the Triton kernel's TFLOP/s (benchmarks/RESULTS.md), still below the cuDNN pair
+    that impl="auto" prefers where it applies.
     """
     if normalizer not in NORMALIZERS:
         raise ConfigError(f"normalizer {normalizer!r} is unknown; valid: {', '.join(NORMALIZERS)}")
@@ -123,8 +128,8 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     if gpu_kernel not in GPU_KERNELS:
         raise ConfigError(f"gpu_kernel {gpu_kernel!r} is unknown; valid: "
                           f"{', '.join(GPU_KERNELS)}")
-    mosaic = gpu_kernel == "mosaic"
     mosaic_block_k = block_k or mosaic_gpu.FORWARD_BLOCK_K
+    triton_tuned = (block_q, num_warps, backward_tiles) != (None, None, None)
     if dispatch.backend() == "gpu" and (block_q, block_k, num_warps) == (None, None, None):
         (block_q, block_k, num_warps, num_stages), default_bwd = gpu_tiles(d, t, s_len)
         backward_tiles = backward_tiles or default_bwd
@@ -149,19 +154,7 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
     ones = jnp.ones((d,), jnp.float32)
     keys = jnp.ones((b, s_len)) if key_mask_bs is None else key_mask_bs
     row_scale = _length_scales(keys, d, t, causal) if length_scale else None
-    if mosaic and path != "xla":
-        why_not = (mosaic_gpu.unsupported(q, k, mosaic_block_k, num_stages)
-                   or _mosaic_refuses(segments, path))
-        if why_not:
-            raise ConfigError(f"gpu_kernel='mosaic': {why_not}")
-        call = MosaicCall(qk_norm=qk_norm, normalizer=normalizer, causal=causal,
-                          sm_scale=logit_scale, eps=eps, block_k=mosaic_block_k,
-                          stages=num_stages)
-        key_mask = None if key_mask_bs is None else key_mask_bs.astype(jnp.float32)
-        return _mosaic_attention(q, k, v, ones if q_scale is None else q_scale,
-                                 ones if k_scale is None else k_scale, key_mask, row_scale,
-                                 call, path == "interpret")
-    if impl == "auto" and path == "pallas" and cudnn.takes(
+    if impl == "auto" and path == "pallas" and gpu_kernel != "mosaic" and cudnn.takes(
             q, k, v, key_mask_bs, normalizer=normalizer, causal=causal, segments=segments,
             length_scale=length_scale):
         try:
@@ -172,6 +165,23 @@ def fused_norm_attention(q, k, v, q_scale=None, k_scale=None, key_mask_bs=None, 
         else:
             dispatch.record(OP, "cudnn")
             return out
+    why_not = (mosaic_gpu.unsupported(q, k, mosaic_block_k, num_stages)
+               or _mosaic_refuses(segments, path))
+    if gpu_kernel == "mosaic" and path != "xla" and why_not:
+        raise ConfigError(f"gpu_kernel='mosaic': {why_not}")
+    mosaic = path != "xla" and (gpu_kernel == "mosaic" or (
+        gpu_kernel == "auto" and path == "pallas" and why_not is None and not triton_tuned
+        and mosaic_gpu.hopper()))
+    if mosaic:
+        call = MosaicCall(qk_norm=qk_norm, normalizer=normalizer, causal=causal,
+                          sm_scale=logit_scale, eps=eps, block_k=mosaic_block_k,
+                          stages=num_stages)
+        key_mask = None if key_mask_bs is None else key_mask_bs.astype(jnp.float32)
+        if path == "pallas":
+            dispatch.record(OP, "mosaic")
+        return _mosaic_attention(q, k, v, ones if q_scale is None else q_scale,
+                                 ones if k_scale is None else k_scale, key_mask, row_scale,
+                                 call, path == "interpret")
     if path == "xla":
         return fused_norm_attention_reference(
             q, k, v, q_scale, k_scale, key_mask_bs, qk_norm=qk_norm, normalizer=normalizer,

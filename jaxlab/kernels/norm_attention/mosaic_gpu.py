@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from jaxlab.kernels import dispatch
 from jaxlab.kernels.norm_attention.pallas import Geometry
 
 try:  # jax < 0.11 has no Mosaic GPU interpreter; `unsupported` says so
@@ -85,6 +86,16 @@ def unsupported(q, k, block_kv: int = FORWARD_BLOCK_K, stages: int = 2) -> str |
                 f"{smem_bytes(d, block_kv, stages) // 1024} KiB of shared memory, over "
                 f"{SMEM_BUDGET // 1024} KiB")
     return None
+
+
+def hopper() -> bool:
+    """Whether the GPU the kernels are built for is a Hopper (sm_90): the device JAX runs on,
+    or under dispatch.target("gpu") the abstract H100 it lowers for."""
+    if dispatch.backend() != "gpu":
+        return False
+    if jax.default_backend() != "gpu":
+        return dispatch.ABSTRACT_GPU.startswith("NVIDIA H")
+    return getattr(jax.devices()[0], "compute_capability", None) == "9.0"
 
 
 def available() -> bool:
