@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from jaxlab.errors import ConfigError
 from jaxlab.kernels import dispatch
-from jaxlab.kernels.norm_attention import fused_norm_attention, mosaic_gpu
+from jaxlab.kernels.norm_attention import fused_norm_attention, mosaic_backward, mosaic_gpu
 from jaxlab.kernels.norm_attention.reference import head_norm
 from tests.kernels.helpers import COMPILED, KERNEL_IMPL, assert_matches_reference, close
 
@@ -98,6 +98,19 @@ def test_gradients_match_reference(t, s, heads, qk_norm, normalizer, causal, mas
                     length_scale)
 
 
+@pytest.mark.parametrize("t,s,heads,d,qk_norm,normalizer,causal,masked", [
+    (150, 100, (4, 2), 64, "layer", "softplus", True, False),   # GQA, LayerNorm's dΣq' share
+    (130, 200, (2, 1), 128, "rms", "softmax", True, True),      # key mask, ragged both ways
+    (70, 70, (2, 2), 64, None, "softmax", False, False),
+])
+def test_gradients_with_dq_in_the_dkdv_kernel(monkeypatch, t, s, heads, d, qk_norm, normalizer,
+                                              causal, masked):
+    """mosaic_backward.DQ_IN_DKDV: the dK/dV kernel adds every step's dq' share into a zeroed
+    float32 sum (one slab per program and warpgroup in the interpreter), no dQ kernel."""
+    monkeypatch.setattr(mosaic_backward, "DQ_IN_DKDV", True)
+    check_gradients(t, s, heads, d, qk_norm, normalizer, causal, jnp.bfloat16, masked)
+
+
 @settings(max_examples=4, deadline=None, derandomize=True)
 @given(t=st.integers(1, 140), extra_keys=st.sampled_from([0, 37]),
        heads=st.sampled_from([(2, 2), (4, 2), (2, 1)]), d=st.sampled_from([64, 128]),
@@ -116,20 +129,24 @@ def lower_for_gpu(fn, *args) -> str:
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages", [
-    (128, "rms", "softmax", 128, 2), (64, "layer", "softplus", 64, 3),
-    (128, None, "softmax", 64, 2)])
-def test_compiled_kernels_lower_for_cuda(d, qk_norm, normalizer, block_kv, stages):
+@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,dq_in_dkdv", [
+    (128, "rms", "softmax", 128, 2, False), (64, "layer", "softplus", 64, 3, False),
+    (128, None, "softmax", 64, 2, False), (128, "layer", "softmax", 128, 2, True),
+    (64, "rms", "softplus", 64, 2, True)])
+def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, block_kv, stages,
+                                         dq_in_dkdv):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
-    (a register operand, wgmma into a live accumulator): only this lowering checks it on a
-    CPU. The gradient holds the three Mosaic GPU kernels: forward, dQ, dK/dV."""
+    (a register operand, wgmma into a live accumulator, a reducing store): only this lowering
+    checks it on a CPU. The gradient holds the three Mosaic GPU kernels (forward, dQ, dK/dV),
+    or two with DQ_IN_DKDV."""
+    monkeypatch.setattr(mosaic_backward, "DQ_IN_DKDV", dq_in_dkdv)
     q, k = jnp.ones((2, 300, 4, d), jnp.bfloat16), jnp.ones((2, 520, 2, d), jnp.bfloat16)
     scale = jnp.ones((d,))
     loss = lambda q, k, v, a, b: fused_norm_attention(
         q, k, v, a, b, qk_norm=qk_norm, normalizer=normalizer, causal=True, impl="pallas",
         gpu_kernel="mosaic", block_k=block_kv, num_stages=stages).astype(jnp.float32).sum()
     text = lower_for_gpu(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), q, k, k, scale, scale)
-    assert text.count("@mosaic_gpu") == 3
+    assert text.count("@mosaic_gpu") == (2 if dq_in_dkdv else 3)
     assert text.count("__gpu$xla.gpu.triton") == 0
 
 

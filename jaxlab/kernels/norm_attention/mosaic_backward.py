@@ -22,6 +22,13 @@ Programs: the dQ kernel runs like the forward, two compute warpgroups of 64 quer
 key blocks of 64; the dK/dV kernel has two compute warpgroups of 64 keys each, per query head,
 walking query blocks of 64 (the sums over a key/value head's group of query heads are XLA's).
 Head dims up to 128: the dK/dV kernel holds two [64, d] float32 accumulators per thread group.
+
+The split costs two tile products the dK/dV kernel also computes (q'·kᵀ and dO·vᵀ): 7 per
+(query block, key block) where the FLOP count assumes 5. With DQ_IN_DKDV the dK/dV kernel
+also forms dq' = (ds ⊙ r) k for its keys and adds it into a zeroed float32 dq' in global
+memory with a reducing TMA store (a `jax.new_ref` the kernel updates in place), and LayerNorm's
+dc likewise; no dQ kernel runs. The additions' order varies between runs, so dq' is not
+bit-for-bit reproducible then.
 """
 from __future__ import annotations
 
@@ -39,6 +46,10 @@ from jaxlab.kernels.norm_attention.reference import head_norm
 
 BLOCK = 64          # keys per dQ step, queries per dK/dV step
 STAGES = 2
+# True: no dQ kernel; the dK/dV kernel also adds each step's dq' share into a float32 dq' in
+# global memory (a reducing TMA store), 5 tile products per step pair instead of 7. Off until
+# a GPU times it against the two-kernel split (benchmarks/kernels.py --parts mosaicsweep).
+DQ_IN_DKDV = False
 LN2 = math.log(2.0)
 
 
@@ -84,8 +95,13 @@ def backward(q, k, v, q_scale, k_scale, key_mask, row_scale, out, stat, dout, *,
     tk = k_p.shape[1]
     per_key = mg.key_rows(rstd, shift, key_mask, tk)
     arrays = (q_prime, dout_p, per_query, k_p, v_p, per_key)
-    dq_prime, dsums = _dq(g, *arrays, interpret)
-    dk_heads, dv_heads, dstats = _dkdv(g, *arrays, interpret)
+    if DQ_IN_DKDV:
+        dk_heads, dv_heads, dstats, dq_prime, dsums = _dkdv(g, *arrays, interpret,
+                                                            with_dq=True)
+        dq_prime = dq_prime.astype(q.dtype)
+    else:
+        dq_prime, dsums = _dq(g, *arrays, interpret)
+        dk_heads, dv_heads, dstats = _dkdv(g, *arrays, interpret)
     by_group = lambda x: x[:, :s_len].astype(jnp.float32).reshape(b, s_len, h_kv, group,
                                                                   d).sum(3)
     dk, dv = by_group(dk_heads), by_group(dv_heads)
@@ -219,7 +235,9 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
     return dq, dsum
 
 
-def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret):
+def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, with_dq: bool = False):
+    """(dk, dv per query head, key-row gradients) and with_dq also (dq' [b, tq, h, d] and
+    dΣq' [b, h, tq], float32), summed over the programs' shares."""
     b, tq, h, d, tk = _shapes(q_prime, k)
     scratch = (
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), k.dtype,
@@ -231,20 +249,39 @@ def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret):
         plgpu.SMEM((STAGES, BLOCK, d), dout.dtype, transforms=mg.tiled(d, dout.dtype)),
         plgpu.SMEM((STAGES, 3, BLOCK), jnp.float32),                         # stat, δ, Σq'
         mg.staging(BLOCK, q_prime.dtype, interpret),
+        None if not with_dq else (
+            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, BLOCK), q_prime.dtype,
+                       transforms=mg.tiled(BLOCK, q_prime.dtype)),           # ds ⊙ r
+            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK, d), jnp.float32),        # a dq' share
+            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK), jnp.float32)),          # a dΣq' share
     )
     barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),  # the key tiles landed
                 *mg.ring_barriers(3, STAGES))
+    inputs = (q_prime, dout, per_query, k, v, per_key)
+    if with_dq:
+        # Zeroed sums the programs add into. Mosaic GPU's interpreter has no reducing store,
+        # so interpreted each (program, warpgroup) writes a slab of its own, summed here.
+        slabs = (tk // BLOCK_Q,) if interpret else ()
+        inputs += (jax.new_ref(jnp.zeros((b, *slabs, tq, h, d), jnp.float32)),
+                   jax.new_ref(jnp.zeros((b, *slabs, h, tq), jnp.float32)))
 
     def entry(*refs):
-        pl.run_scoped(lambda smem, bars: _dkdv_program(g, *refs, *smem, *bars), scratch,
-                      barriers, collective_axes="wg")
+        program = lambda smem, bars: _dkdv_program(g, *refs, *smem, *bars, with_dq=with_dq,
+                                                   interpret=interpret)
+        pl.run_scoped(program, scratch, barriers, collective_axes="wg")
 
     heads_shape = (b, tk, h, d)
-    return mg.launch(entry, (jax.ShapeDtypeStruct(heads_shape, k.dtype),
-                             jax.ShapeDtypeStruct(heads_shape, v.dtype),
-                             jax.ShapeDtypeStruct((b, h, mg.KEY_ROWS, tk), jnp.float32)),
-                     (h, tk // mg.ROWS_PER_PROGRAM, b), interpret)(
-        q_prime, dout, per_query, k, v, per_key)
+    dk, dv, dstats = mg.launch(entry, (jax.ShapeDtypeStruct(heads_shape, k.dtype),
+                                       jax.ShapeDtypeStruct(heads_shape, v.dtype),
+                                       jax.ShapeDtypeStruct((b, h, mg.KEY_ROWS, tk),
+                                                            jnp.float32)),
+                               (h, tk // mg.ROWS_PER_PROGRAM, b), interpret)(*inputs)
+    if not with_dq:
+        return dk, dv, dstats
+    dq_prime, dsums = (ref[...] for ref in inputs[-2:])
+    if interpret:
+        dq_prime, dsums = dq_prime.sum(1), dsums.sum(1)
+    return dk, dv, dstats, dq_prime, dsums
 
 
 def _query_blocks(g, k_first, num_blocks):
@@ -259,9 +296,11 @@ def _query_blocks(g, k_first, num_blocks):
     return first, num_blocks if g.key_masked else whole
 
 
-def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dk_ref, dv_ref,
-                  dstat_ref, k_smem, v_smem, kstat_smem, q_smem, do_smem, rowval_smem, p_smem,
-                  key_ready, q_ready, do_ready, rowval_ready, free):
+def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
+                  with_dq: bool, interpret: bool):
+    dq_refs, refs = (refs[:2], refs[2:]) if with_dq else (None, refs)
+    (dk_ref, dv_ref, dstat_ref, k_smem, v_smem, kstat_smem, q_smem, do_smem, rowval_smem, p_smem,
+     dq_smem, key_ready, q_ready, do_ready, rowval_ready, free) = refs
     batch, head, wg, program_first = mg.program_axes()
     num_blocks = q_ref.shape[1] // BLOCK
     lo, _ = _query_blocks(g, program_first, num_blocks)  # the earlier keys' first block
@@ -285,9 +324,13 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dk_ref,
         carry = (zeros(k_tile.shape, plgpu.Layout.WGMMA), zeros(v_tile.shape, plgpu.Layout.WGMMA),
                  zeros((BLOCK_Q,), per_row), zeros((BLOCK_Q,), per_row))
         lax.fori_loop(lo, first, mg.release(readies, free, lo, STAGES), None)
+        add_dq = None
+        if with_dq:
+            add_dq = functools.partial(_add_dq_share, dq_refs, [x.at[wg] for x in dq_smem],
+                                       k_tile, (batch, head, wg), interpret)
         step = functools.partial(_dkdv_step, g, k_tile, v_tile, q_smem, do_smem, rowval_smem,
                                  readies, free, lo, k_first, (rstd, shift, valid),
-                                 None if p_smem is None else p_smem.at[wg])
+                                 None if p_smem is None else p_smem.at[wg], add_dq)
         carry = lax.fori_loop(first, whole, functools.partial(step, masked=True), carry)
         dk, dv, drstd, dshift = lax.fori_loop(whole, num_blocks,
                                               functools.partial(step, masked=False), carry)
@@ -312,8 +355,9 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dk_ref,
 
 
 def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, lo, k_first,
-               key_values, p_smem, j, carry, *, masked: bool):
-    """One query block against this warpgroup's keys; tiles are [keys, queries]."""
+               key_values, p_smem, add_dq, j, carry, *, masked: bool):
+    """One query block against this warpgroup's keys; tiles are [keys, queries]. add_dq: None,
+    or what adds this step's dq' share (`_add_dq_share`)."""
     dk, dv, drstd, dshift = carry
     q_ready, do_ready, rowval_ready = readies
     rstd, shift, valid = key_values
@@ -334,11 +378,43 @@ def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, l
                       valid=valid if g.key_masked else None) if masked else None
     p, ds = _score_grads(g, s, mg.cols(stat, shape), dp, mg.cols(delta, shape), seen)
     dv = mg.accumulate(dv, p.astype(v_tile.dtype), do_smem.at[slot], p_smem)
+    dsum_share = None
     if g.qk_norm is not None:
         drstd = drstd + (ds * a).sum(axis=1)
         if g.qk_norm == "layer":
             dshift = dshift - (ds * mg.cols(sums, shape)).sum(axis=1)
+            if add_dq is not None:  # dc_i = −Σ_j ds_ij u_j, this warpgroup's keys j
+                dsum_share = -(ds * mg.rows(shift, shape)).sum(axis=0)
         ds = ds * mg.rows(rstd, shape)
     dk = mg.accumulate(dk, ds.astype(k_tile.dtype), q_smem.at[slot], p_smem)
     plgpu.barrier_arrive(free.at[slot])
+    if add_dq is not None:
+        add_dq(j, ds.astype(k_tile.dtype), dsum_share)
     return dk, dv, drstd, dshift
+
+
+def _add_dq_share(dq_refs, dq_smem, k_tile, where, interpret, j, ds, dsum_share):
+    """Add query block j's dq' = (ds ⊙ r) k over this warpgroup's keys (and LayerNorm's
+    dΣq' share) into the float32 sums in global memory. ds [keys, queries] goes through SMEM,
+    where the product reads it transposed. Compiled, the store adds (TMA reduction) and runs
+    on while the next step computes; its SMEM is reused once the store has read it."""
+    dq_ref, dsum_ref = dq_refs
+    ds_smem, share_smem, dsum_smem = dq_smem
+    batch, head, wg = where
+    ds_smem[...] = ds
+    plgpu.commit_smem()
+    share = mg.product(ds_smem.transpose((1, 0)), k_tile, share_smem.shape)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's share left SMEM
+    share_smem[...] = share
+    if dsum_share is not None:
+        dsum_smem[...] = dsum_share
+    plgpu.commit_smem()
+    rows_here = pl.ds(j * BLOCK, BLOCK)
+    # interpreted, a slab per (program, warpgroup): see _dkdv
+    slab = (lax.axis_index("blocks") * COMPUTE_WARPGROUPS + wg,) if interpret else ()
+    reduction = None if interpret else "add"
+    plgpu.copy_smem_to_gmem(share_smem, dq_ref.at[(batch, *slab, rows_here, head)],
+                            reduction_op=reduction)
+    if dsum_share is not None:
+        plgpu.copy_smem_to_gmem(dsum_smem, dsum_ref.at[(batch, *slab, head, rows_here)],
+                                reduction_op=reduction)
