@@ -102,11 +102,12 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
     return results, best(0), best(1)
 
 
-# Mosaic GPU launch settings: the forward's (keys per step, ring slots), the backward's
-# (keys per dQ step = queries per dK/dV step, ring slots, dQ in the dK/dV kernel). Stop 17's
-# H100 sweep: forward (128, 2) and (128, 3) best, backward (64, 2); (128, 2) backward ran at
-# half the speed, so it left the list.
-MOSAIC_FORWARD = [(64, 2), (128, 2), (128, 3)]
+# Mosaic GPU launch settings: the forward's (keys per step, ring slots, ping-pong), the
+# backward's (keys per dQ step = queries per dK/dV step, ring slots, dQ in the dK/dV kernel).
+# Stop 17's H100 sweep: forward (128, 2) and (128, 3) best, backward (64, 2); (128, 2)
+# backward ran at half the speed, so it left the list.
+MOSAIC_FORWARD = [(64, 2, False), (128, 2, False), (128, 3, False), (64, 2, True),
+                  (128, 2, True), (128, 3, True)]
 MOSAIC_BACKWARD = [(64, 2, False), (64, 2, True), (64, 3, True)]
 
 
@@ -125,14 +126,18 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
         q, k, v, scale, scale, qk_norm="rms", causal=True, impl=kernel_impl, gpu_kernel="mosaic",
         block_k=block_k, num_stages=stages))
     results = {}
-    for block_k, stages in MOSAIC_FORWARD:
+    default_pingpong = mosaic_gpu.PINGPONG
+    for block_k, stages, pingpong in MOSAIC_FORWARD:
+        setting, mosaic_gpu.PINGPONG = (block_k, stages, pingpong), pingpong
         f = jax.jit(attend(block_k, stages))
         try:
             seconds = interleaved({"fwd": lambda: f(q, k, v)}, rounds)["fwd"]
-            results["fwd", (block_k, stages)] = (flops_fwd / seconds / 1e12,
-                                                 relative_error(f(q, k, v), want[0]))
+            results["fwd", setting] = (flops_fwd / seconds / 1e12,
+                                       relative_error(f(q, k, v), want[0]))
         except Exception as error:
-            results["fwd", (block_k, stages)] = f"failed: {str(error).splitlines()[0][:100]}"
+            results["fwd", setting] = f"failed: {str(error).splitlines()[0][:100]}"
+        finally:
+            mosaic_gpu.PINGPONG = default_pingpong
     f = jax.jit(attend())
     for block, stages, dq_in_dkdv in MOSAIC_BACKWARD:
         settings = dict(BLOCK=block, STAGES=stages, DQ_IN_DKDV=dq_in_dkdv)
@@ -310,8 +315,8 @@ def main():
     if "mosaicsweep" in parts and jax.default_backend() == "gpu":
         sweep_t = int(lengths[-1])
         print(f"\nMosaic GPU norm-attention TFLOP/s by setting, T={sweep_t}: forward (block_k, "
-              "stages), backward (block, stages, dQ in the dK/dV kernel); error against the "
-              "cuDNN path")
+              "stages, ping-pong), backward (block, stages, dQ in the dK/dV kernel); error "
+              "against the cuDNN path")
         for d in head_dims:
             b, h = max(1, 16384 // sweep_t), 16 if d == 64 else 8
             for (part, setting), cell in bench_mosaic(b, h, sweep_t, d, dtype, rounds).items():

@@ -70,6 +70,19 @@ def test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, bloc
     close(jnp.where(seen, stat, 0.0), jnp.where(seen, want_stat, 0.0), 1e-2)
 
 
+@pytest.mark.parametrize("t,s,heads,d,qk_norm,normalizer,causal", [
+    (256, 128, (2, 1), 64, "rms", "softmax", True),      # the warpgroups see 1 and 2 blocks
+    (200, 333, (2, 2), 128, "layer", "softplus", True),
+    (128, 190, (2, 1), 64, None, "softmax", False),
+])
+def test_forward_with_pingpong(monkeypatch, t, s, heads, d, qk_norm, normalizer, causal):
+    """mosaic_gpu.PINGPONG: the compute warpgroups take turns at a schedule barrier. A turn
+    too many or too few on either side hangs the kernel, in the interpreter too; causal
+    programs whose warpgroups see different numbers of key blocks check the count."""
+    monkeypatch.setattr(mosaic_gpu, "PINGPONG", True)
+    test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, 64)
+
+
 def check_gradients(t, s, heads, d, qk_norm, normalizer, causal, dtype, masked=False,
                     length_scale=False):
     # Uneven gains: LayerNorm's Σ_d q' (and so the keys' mean term) is 0 when they are even.
@@ -129,17 +142,20 @@ def lower_for_gpu(fn, *args) -> str:
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,dq_in_dkdv", [
-    (128, "rms", "softmax", 128, 2, False), (64, "layer", "softplus", 64, 3, False),
-    (128, None, "softmax", 64, 2, False), (128, "layer", "softmax", 128, 2, True),
-    (64, "rms", "softplus", 64, 2, True)])
+@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,dq_in_dkdv,pingpong", [
+    (128, "rms", "softmax", 128, 2, False, False),
+    (64, "layer", "softplus", 64, 3, False, False),
+    (128, None, "softmax", 64, 2, False, True),
+    (128, "layer", "softmax", 128, 2, True, False),
+    (64, "rms", "softplus", 64, 2, True, True)])
 def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, block_kv, stages,
-                                         dq_in_dkdv):
+                                         dq_in_dkdv, pingpong):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
     (a register operand, wgmma into a live accumulator, a reducing store): only this lowering
     checks it on a CPU. The gradient holds the three Mosaic GPU kernels (forward, dQ, dK/dV),
     or two with DQ_IN_DKDV."""
     monkeypatch.setattr(mosaic_backward, "DQ_IN_DKDV", dq_in_dkdv)
+    monkeypatch.setattr(mosaic_gpu, "PINGPONG", pingpong)
     q, k = jnp.ones((2, 300, 4, d), jnp.bfloat16), jnp.ones((2, 520, 2, d), jnp.bfloat16)
     scale = jnp.ones((d,))
     loss = lambda q, k, v, a, b: fused_norm_attention(

@@ -7,7 +7,8 @@ One program per (query head, 128 queries, batch) runs three warpgroups: two comp
 warpgroups own 64 query rows each (one wgmma's height), and a memory warpgroup streams the key,
 value and key-statistic blocks into a ring of `stages` SMEM slots (`produce`). "Ready"
 barriers tell the compute warpgroups a slot has landed; a "free" barrier, one arrival per
-compute warpgroup, tells the memory warpgroup it may overwrite it.
+compute warpgroup, tells the memory warpgroup it may overwrite it. With PINGPONG a third
+barrier makes the compute warpgroups alternate on the tensor cores (`take_turn`).
 
 The norms stay fused without rewriting k per query block. Each compute warpgroup normalizes
 its q tile once, in registers, and folds into it everything that multiplies a logit along
@@ -54,6 +55,10 @@ LOG2_E = 1.4426950408889634
 NEG = -1e30             # a finite "minus infinity", as in pallas.py
 FORWARD_BLOCK_K = 128   # keys per forward step: two stages of them fit in SMEM at head dim 128
 KEY_ROWS = 3            # per key: rstd, rstd·μ, 1 if it may be seen else 0
+# True: the forward's compute warpgroups take turns on the tensor cores (FlashAttention-3's
+# "ping-pong"): one's softmax runs while the other's products do. Off until a GPU times it
+# (benchmarks/kernels.py --parts mosaicsweep).
+PINGPONG = False
 
 
 def smem_bytes(head_dim: int, block_kv: int, stages: int, itemsize: int = 2) -> int:
@@ -154,7 +159,9 @@ def forward(q, k, v, q_scale, k_scale, key_mask=None, row_scale=None, *,
         staging(block_kv, q.dtype, interpret),
     )
     barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),   # q, gain, row scale landed
-                *ring_barriers(3, stages))                        # k, its rows, v; free
+                *ring_barriers(3, stages),                        # k, its rows, v; free
+                # the turns: each compute warpgroup arrives, then waits for the other
+                plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS) if PINGPONG else None)
 
     def entry(q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref):
         pl.run_scoped(lambda smem, bars: _forward_program(
@@ -272,21 +279,35 @@ def copy_in(pairs, barrier):
         plgpu.barrier_wait(barrier)
 
 
-def release(readies, free, lo, stages: int):
-    """A fori_loop body that hands back, unread, a block this warpgroup does not need."""
+def release(readies, free, lo, stages: int, schedule=None):
+    """A fori_loop body that hands back, unread, a block this warpgroup does not need; with a
+    `schedule` barrier it also takes the step's two turns (see `take_turn`)."""
     def body(j, _):
         slot = lax.rem(j - lo, stages)
         for ready in readies:
             plgpu.barrier_wait(ready.at[slot])
         plgpu.barrier_arrive(free.at[slot])
+        if schedule is not None:
+            take_turn(schedule)
+            take_turn(schedule)
     return body
 
 
-def product(a, b, shape):
+def take_turn(schedule):
+    """Meet the other compute warpgroup at the schedule barrier. Each forward step meets it
+    twice (after issuing q·kᵀ, before p·v) and warpgroup 1 once more at the start, so one
+    warpgroup's softmax falls between the other's products."""
+    plgpu.barrier_arrive(schedule)
+    plgpu.barrier_wait(schedule)
+
+
+def product(a, b, shape, while_running=None):
     """a @ b into a fresh float32 accumulator of `shape`; a and b SMEM refs (b may be a
-    transposed view)."""
+    transposed view). while_running() runs after the product is issued, before its wait."""
     def run(acc_ref):
         plgpu.wgmma(acc_ref, a, b)
+        if while_running is not None:
+            while_running()
         return acc_ref[...]
     return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
@@ -358,7 +379,7 @@ def key_blocks(g, q_first):
 
 def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref,
                      q_smem, k_smem, v_smem, kstat_smem, gain_smem, rscale_smem, stat_smem,
-                     p_smem, q_ready, k_ready, kstat_ready, v_ready, free):
+                     p_smem, q_ready, k_ready, kstat_ready, v_ready, free, schedule):
     """Two compute warpgroups of BLOCK_Q queries each, and the memory warpgroup that feeds
     them key blocks."""
     batch, head, wg, program_first = program_axes()
@@ -370,6 +391,8 @@ def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_
         plgpu.set_max_registers(232, action="increase")
         q_first = program_first + wg * BLOCK_Q
         q_tile = q_smem.at[wg]
+        if schedule is not None:
+            pl.when(wg == 1)(lambda: take_turn(schedule))
         copy_in([(q_ref.at[batch, pl.ds(q_first, BLOCK_Q), head], q_tile),
                  (gain_ref, gain_smem.at[wg]),
                  (rscale_ref.at[batch, pl.ds(q_first, BLOCK_Q)], rscale_smem.at[wg])],
@@ -382,11 +405,13 @@ def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_
                  plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), plgpu.Layout.WGMMA))
         step = functools.partial(_forward_step, g, q_tile, k_smem, v_smem, kstat_smem,
                                  (k_ready, kstat_ready, v_ready), free, q_first, row_sum,
-                                 None if p_smem is None else p_smem.at[wg])
+                                 None if p_smem is None else p_smem.at[wg], schedule)
         carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
         m, l, acc = lax.fori_loop(whole, seen, functools.partial(step, masked=True), carry)
         lax.fori_loop(seen, steps, release((k_ready, kstat_ready, v_ready), free, 0,
-                                           g.num_stages), None)
+                                           g.num_stages, schedule), None)
+        if schedule is not None:
+            pl.when(wg == 0)(lambda: take_turn(schedule))  # as many turns as warpgroup 1
         seen_any = l > 0
         inv = jnp.where(seen_any, 1.0 / jnp.where(seen_any, l, 1.0), 0.0)
         q_tile[...] = (acc * rows(inv, acc.shape)).astype(q_tile.dtype)
@@ -445,13 +470,14 @@ def normed_scores(g, a, key_stats_slot, query_sums, keys_on_rows: bool = False):
 
 
 def _forward_step(g, q_tile, k_smem, v_smem, kstat_smem, readies, free, q_first, row_sum,
-                  p_smem, j, carry, *, masked: bool):
+                  p_smem, schedule, j, carry, *, masked: bool):
     m, l, acc = carry
     k_ready, kstat_ready, v_ready = readies
     slot = lax.rem(j, g.num_stages)
     plgpu.barrier_wait(k_ready.at[slot])
     plgpu.barrier_wait(kstat_ready.at[slot])
-    a = product(q_tile, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, g.block_k))
+    a = product(q_tile, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, g.block_k),
+                None if schedule is None else functools.partial(take_turn, schedule))
     s = normed_scores(g, a, kstat_smem.at[slot], row_sum)
     if masked:
         valid = load_vector(kstat_smem.at[slot, 2], per_row=False) if g.key_masked else None
@@ -469,7 +495,11 @@ def _forward_step(g, q_tile, k_smem, v_smem, kstat_smem, readies, free, q_first,
     else:
         p = keep(softplus(s))
         l = l + p.sum(axis=1)
+    if schedule is not None:  # this softmax is done; wait for the other's to end
+        plgpu.barrier_arrive(schedule)
     plgpu.barrier_wait(v_ready.at[slot])
+    if schedule is not None:
+        plgpu.barrier_wait(schedule)
     acc = accumulate(acc, p.astype(q_tile.dtype), v_smem.at[slot], p_smem)
     plgpu.barrier_arrive(free.at[slot])
     return m, l, acc
