@@ -5,7 +5,10 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
+from jaxlab import config as config_lib
+from jaxlab import models
 from jaxlab.kernels import dispatch, last_path
 from jaxlab.kernels.norm_attention import cudnn, fused_norm_attention, mosaic_gpu
 from jaxlab.kernels.norm_attention.reference import fused_norm_attention_reference
@@ -107,3 +110,19 @@ def test_off_the_gpu_auto_is_unchanged():
     q, k, v = qkv()
     fused_norm_attention(q, k, v, causal=True, impl="auto")
     assert last_path("fused_norm_attention") == "xla"
+
+
+@pytest.mark.parametrize("attention,path", [("softmax", "cudnn"), ("softplus", "mosaic")])
+def test_a_bf16_gpt_with_auto_kernels_picks_per_attention_kind(gpu_without_cudnn, attention,
+                                                               path):
+    """The config defaults end to end: model.kernels=auto with the default
+    model.attention_gpu_kernel on a Hopper GPU gives plain softmax attention to cuDNN and
+    LSSA (softplus) to the Mosaic GPU kernels (head dim 64, bf16)."""
+    config = config_lib.load("configs/lm/gpt.py:runlocal", {
+        "model.width": 128, "model.num_heads": 2, "model.dtype": "bfloat16",
+        "model.kernels": "auto", "model.attention": attention})
+    model = models.build(config.model, nnx.Rngs(0))
+    jax.eval_shape(model, jnp.zeros((2, 32), jnp.int32))
+    # the Mosaic kernels need jax ≥ 0.11; before, LSSA stays in the Triton kernels
+    expected = path if path == "cudnn" or mosaic_gpu.available() else "pallas"
+    assert last_path("fused_norm_attention") == expected
