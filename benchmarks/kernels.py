@@ -103,18 +103,20 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
 
 
 # Mosaic GPU launch settings: the forward's (keys per step, ring slots, ping-pong), the
-# backward's (keys per dQ step = queries per dK/dV step, ring slots, dQ in the dK/dV kernel).
-# Stop 17's H100 sweep: forward (128, 2) and (128, 3) best, backward (64, 2); (128, 2)
-# backward ran at half the speed, so it left the list.
+# backward's (keys per dQ step = queries per dK/dV step, ring slots, dQ in the dK/dV kernel
+# where mosaic_backward.dq_in_dkdv allows it: head dim 64, no LayerNorm). Stop 17's H100
+# sweeps: forward 128 keys best, ping-pong 1.09× at d=64; backward 64 × 2, with dQ in
+# dK/dV 1.22× at d=64 (0.50× at 128); a backward block of 128 ran at half the speed.
 MOSAIC_FORWARD = [(64, 2, False), (128, 2, False), (128, 3, False), (64, 2, True),
                   (128, 2, True), (128, 3, True)]
 MOSAIC_BACKWARD = [(64, 2, False), (64, 2, True), (64, 3, True)]
 
 
 def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
-    """{(pass, setting): (TFLOP/s, relative error against the cuDNN path) or a failure} of
-    the Mosaic GPU kernels: each forward setting timed forward only, each backward setting
-    timed as fwd+bwd minus the default forward."""
+    """Yields ((pass, setting), (TFLOP/s, relative error against the cuDNN path) or a
+    failure) for the Mosaic GPU kernels as each is measured: each backward setting timed as
+    fwd+bwd minus the default forward, then each forward setting forward only (the
+    ping-pong ones last: a kernel that hangs then costs the fewest rows)."""
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
@@ -123,21 +125,9 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
     reference = candidates.get("xla-norm+cudnn", candidates["xla"])  # the latter off a GPU
     want = jax.jit(reference)(q, k, v), fwd_bwd(reference)(q, k, v)
     attend = lambda block_k=None, stages=2: (lambda q, k, v: fused_norm_attention(
-        q, k, v, scale, scale, qk_norm="rms", causal=True, impl=kernel_impl, gpu_kernel="mosaic",
-        block_k=block_k, num_stages=stages))
-    results = {}
-    default_pingpong = mosaic_gpu.PINGPONG
-    for block_k, stages, pingpong in MOSAIC_FORWARD:
-        setting, mosaic_gpu.PINGPONG = (block_k, stages, pingpong), pingpong
-        f = jax.jit(attend(block_k, stages))
-        try:
-            seconds = interleaved({"fwd": lambda: f(q, k, v)}, rounds)["fwd"]
-            results["fwd", setting] = (flops_fwd / seconds / 1e12,
-                                       relative_error(f(q, k, v), want[0]))
-        except Exception as error:
-            results["fwd", setting] = f"failed: {str(error).splitlines()[0][:100]}"
-        finally:
-            mosaic_gpu.PINGPONG = default_pingpong
+        q, k, v, scale, scale, qk_norm="rms", causal=True, impl=kernel_impl,
+        gpu_kernel="mosaic", block_k=block_k, num_stages=stages))
+    failure = lambda error: f"failed: {str(error).splitlines()[0][:100]}"
     f = jax.jit(attend())
     for block, stages, dq_in_dkdv in MOSAIC_BACKWARD:
         settings = dict(BLOCK=block, STAGES=stages, DQ_IN_DKDV=dq_in_dkdv)
@@ -149,15 +139,25 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
             times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)},
                                 rounds)
             bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
-            results["bwd", (block, stages, dq_in_dkdv)] = (
-                2.5 * flops_fwd / bwd / 1e12, relative_error(g(q, k, v), want[1]))
+            cell = 2.5 * flops_fwd / bwd / 1e12, relative_error(g(q, k, v), want[1])
         except Exception as error:
-            results["bwd", (block, stages, dq_in_dkdv)] = (
-                f"failed: {str(error).splitlines()[0][:100]}")
+            cell = failure(error)
         finally:
             for name, value in saved.items():
                 setattr(mosaic_backward, name, value)
-    return results
+        yield ("bwd", (block, stages, dq_in_dkdv)), cell
+    default_pingpong = mosaic_gpu.PINGPONG
+    for block_k, stages, pingpong in sorted(MOSAIC_FORWARD, key=lambda setting: setting[2]):
+        mosaic_gpu.PINGPONG = pingpong
+        f = jax.jit(attend(block_k, stages))
+        try:
+            seconds = interleaved({"fwd": lambda: f(q, k, v)}, rounds)["fwd"]
+            cell = flops_fwd / seconds / 1e12, relative_error(f(q, k, v), want[0])
+        except Exception as error:
+            cell = failure(error)
+        finally:
+            mosaic_gpu.PINGPONG = default_pingpong
+        yield ("fwd", (block_k, stages, pingpong)), cell
 
 
 def relative_error(got, want) -> float:
@@ -319,7 +319,7 @@ def main():
               "against the cuDNN path")
         for d in head_dims:
             b, h = max(1, 16384 // sweep_t), 16 if d == 64 else 8
-            for (part, setting), cell in bench_mosaic(b, h, sweep_t, d, dtype, rounds).items():
+            for (part, setting), cell in bench_mosaic(b, h, sweep_t, d, dtype, rounds):
                 cell = cell if isinstance(cell, str) else f"{cell[0]:8.1f}   error {cell[1]:.1e}"
                 print(f"  d={d:4d} {part} {str(setting):18s} {cell}", flush=True)
     print("\nfused norm-attention (rms qk-norm, causal), TFLOP/s: fwd / bwd / fwd+bwd"

@@ -24,11 +24,11 @@ walking query blocks of 64 (the sums over a key/value head's group of query head
 Head dims up to 128: the dK/dV kernel holds two [64, d] float32 accumulators per thread group.
 
 The split costs two tile products the dK/dV kernel also computes (q'·kᵀ and dO·vᵀ): 7 per
-(query block, key block) where the FLOP count assumes 5. With DQ_IN_DKDV the dK/dV kernel
-also forms dq' = (ds ⊙ r) k for its keys and adds it into a zeroed float32 dq' in global
-memory with a reducing TMA store (a `jax.new_ref` the kernel updates in place), and LayerNorm's
-dc likewise; no dQ kernel runs. The additions' order varies between runs, so dq' is not
-bit-for-bit reproducible then.
+(query block, key block) where the FLOP count assumes 5. Where `dq_in_dkdv` says so, the
+dK/dV kernel also forms dq' = (ds ⊙ r) k for its keys and adds it into a zeroed float32 dq'
+in global memory with a reducing TMA store (a `jax.new_ref` the kernel updates in place); no
+dQ kernel runs. The additions' order varies between runs, so dq' is not bit-for-bit
+reproducible then.
 """
 from __future__ import annotations
 
@@ -46,10 +46,18 @@ from jaxlab.kernels.norm_attention.reference import head_norm
 
 BLOCK = 64          # keys per dQ step, queries per dK/dV step
 STAGES = 2
-# True: no dQ kernel; the dK/dV kernel also adds each step's dq' share into a float32 dq' in
-# global memory (a reducing TMA store), 5 tile products per step pair instead of 7. Off until
-# a GPU times it against the two-kernel split (benchmarks/kernels.py --parts mosaicsweep).
-DQ_IN_DKDV = False
+# Whether `dq_in_dkdv` may move dQ into the dK/dV kernel (benchmarks turn it off to compare).
+DQ_IN_DKDV = True
+
+
+def dq_in_dkdv(head_dim: int, qk_norm: str | None) -> bool:
+    """Whether the dK/dV kernel also computes dQ (5 tile products per step pair, not 7). On an
+    H100 (stop 17, bf16, causal, T=8192) that backward ran 1.22× the split's speed at head
+    dim 64 but 0.50× at 128, where the [64, d] dq' share joins dK's and dV's accumulators in
+    the registers. For LayerNorm it also needs each step's dΣq' share, a sum across the score
+    tile's rows stored by a reducing TMA copy of a vector: it passed in the interpreter and
+    failed the compiled parity test, so LayerNorm keeps the split."""
+    return DQ_IN_DKDV and head_dim == 64 and qk_norm != "layer"
 LN2 = math.log(2.0)
 
 
@@ -95,10 +103,10 @@ def backward(q, k, v, q_scale, k_scale, key_mask, row_scale, out, stat, dout, *,
     tk = k_p.shape[1]
     per_key = mg.key_rows(rstd, shift, key_mask, tk)
     arrays = (q_prime, dout_p, per_query, k_p, v_p, per_key)
-    if DQ_IN_DKDV:
-        dk_heads, dv_heads, dstats, dq_prime, dsums = _dkdv(g, *arrays, interpret,
-                                                            with_dq=True)
+    if dq_in_dkdv(d, qk_norm):
+        dk_heads, dv_heads, dstats, dq_prime = _dkdv(g, *arrays, interpret, with_dq=True)
         dq_prime = dq_prime.astype(q.dtype)
+        dsums = jnp.zeros((b, h, tq), jnp.float32)  # Σq' reaches the logits only in LayerNorm
     else:
         dq_prime, dsums = _dq(g, *arrays, interpret)
         dk_heads, dv_heads, dstats = _dkdv(g, *arrays, interpret)
@@ -236,8 +244,8 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
 
 
 def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, with_dq: bool = False):
-    """(dk, dv per query head, key-row gradients) and with_dq also (dq' [b, tq, h, d] and
-    dΣq' [b, h, tq], float32), summed over the programs' shares."""
+    """(dk, dv per query head, key-row gradients) and with_dq also dq' [b, tq, h, d] float32,
+    summed over the programs' shares (not for LayerNorm, see `dq_in_dkdv`)."""
     b, tq, h, d, tk = _shapes(q_prime, k)
     scratch = (
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), k.dtype,
@@ -252,18 +260,17 @@ def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, with_dq: bool =
         None if not with_dq else (
             plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, BLOCK), q_prime.dtype,
                        transforms=mg.tiled(BLOCK, q_prime.dtype)),           # ds ⊙ r
-            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK, d), jnp.float32),        # a dq' share
-            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK), jnp.float32)),          # a dΣq' share
+            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK, d), jnp.float32)),       # a dq' share
     )
     barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),  # the key tiles landed
                 *mg.ring_barriers(3, STAGES))
     inputs = (q_prime, dout, per_query, k, v, per_key)
     if with_dq:
-        # Zeroed sums the programs add into. Mosaic GPU's interpreter has no reducing store,
+        # A zeroed sum the programs add into. Mosaic GPU's interpreter has no reducing store,
         # so interpreted each (program, warpgroup) writes a slab of its own, summed here.
+        assert g.qk_norm != "layer", "LayerNorm's dΣq' needs the dQ kernel (dq_in_dkdv)"
         slabs = (tk // BLOCK_Q,) if interpret else ()
-        inputs += (jax.new_ref(jnp.zeros((b, *slabs, tq, h, d), jnp.float32)),
-                   jax.new_ref(jnp.zeros((b, *slabs, h, tq), jnp.float32)))
+        inputs += (jax.new_ref(jnp.zeros((b, *slabs, tq, h, d), jnp.float32)),)
 
     def entry(*refs):
         program = lambda smem, bars: _dkdv_program(g, *refs, *smem, *bars, with_dq=with_dq,
@@ -278,10 +285,8 @@ def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, with_dq: bool =
                                (h, tk // mg.ROWS_PER_PROGRAM, b), interpret)(*inputs)
     if not with_dq:
         return dk, dv, dstats
-    dq_prime, dsums = (ref[...] for ref in inputs[-2:])
-    if interpret:
-        dq_prime, dsums = dq_prime.sum(1), dsums.sum(1)
-    return dk, dv, dstats, dq_prime, dsums
+    dq_prime = inputs[-1][...]
+    return dk, dv, dstats, dq_prime.sum(1) if interpret else dq_prime
 
 
 def _query_blocks(g, k_first, num_blocks):
@@ -298,7 +303,7 @@ def _query_blocks(g, k_first, num_blocks):
 
 def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
                   with_dq: bool, interpret: bool):
-    dq_refs, refs = (refs[:2], refs[2:]) if with_dq else (None, refs)
+    dq_ref, refs = (refs[0], refs[1:]) if with_dq else (None, refs)
     (dk_ref, dv_ref, dstat_ref, k_smem, v_smem, kstat_smem, q_smem, do_smem, rowval_smem, p_smem,
      dq_smem, key_ready, q_ready, do_ready, rowval_ready, free) = refs
     batch, head, wg, program_first = mg.program_axes()
@@ -326,7 +331,7 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
         lax.fori_loop(lo, first, mg.release(readies, free, lo, STAGES), None)
         add_dq = None
         if with_dq:
-            add_dq = functools.partial(_add_dq_share, dq_refs, [x.at[wg] for x in dq_smem],
+            add_dq = functools.partial(_add_dq_share, dq_ref, [x.at[wg] for x in dq_smem],
                                        k_tile, (batch, head, wg), interpret)
         step = functools.partial(_dkdv_step, g, k_tile, v_tile, q_smem, do_smem, rowval_smem,
                                  readies, free, lo, k_first, (rstd, shift, valid),
@@ -378,43 +383,34 @@ def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, l
                       valid=valid if g.key_masked else None) if masked else None
     p, ds = _score_grads(g, s, mg.cols(stat, shape), dp, mg.cols(delta, shape), seen)
     dv = mg.accumulate(dv, p.astype(v_tile.dtype), do_smem.at[slot], p_smem)
-    dsum_share = None
     if g.qk_norm is not None:
         drstd = drstd + (ds * a).sum(axis=1)
         if g.qk_norm == "layer":
             dshift = dshift - (ds * mg.cols(sums, shape)).sum(axis=1)
-            if add_dq is not None:  # dc_i = −Σ_j ds_ij u_j, this warpgroup's keys j
-                dsum_share = -(ds * mg.rows(shift, shape)).sum(axis=0)
         ds = ds * mg.rows(rstd, shape)
-    dk = mg.accumulate(dk, ds.astype(k_tile.dtype), q_smem.at[slot], p_smem)
+    ds = ds.astype(k_tile.dtype)
+    dk = mg.accumulate(dk, ds, q_smem.at[slot], p_smem)
     plgpu.barrier_arrive(free.at[slot])
     if add_dq is not None:
-        add_dq(j, ds.astype(k_tile.dtype), dsum_share)
+        add_dq(j, ds)
     return dk, dv, drstd, dshift
 
 
-def _add_dq_share(dq_refs, dq_smem, k_tile, where, interpret, j, ds, dsum_share):
-    """Add query block j's dq' = (ds ⊙ r) k over this warpgroup's keys (and LayerNorm's
-    dΣq' share) into the float32 sums in global memory. ds [keys, queries] goes through SMEM,
-    where the product reads it transposed. Compiled, the store adds (TMA reduction) and runs
-    on while the next step computes; its SMEM is reused once the store has read it."""
-    dq_ref, dsum_ref = dq_refs
-    ds_smem, share_smem, dsum_smem = dq_smem
+def _add_dq_share(dq_ref, dq_smem, k_tile, where, interpret, j, ds):
+    """Add query block j's dq' = (ds ⊙ r) k over this warpgroup's keys into the float32 sum
+    in global memory. ds [keys, queries] goes through SMEM, where the product reads it
+    transposed. Compiled, the store adds (TMA reduction) and runs on while the next step
+    computes; its SMEM is reused once the store has read it."""
+    ds_smem, share_smem = dq_smem
     batch, head, wg = where
     ds_smem[...] = ds
     plgpu.commit_smem()
     share = mg.product(ds_smem.transpose((1, 0)), k_tile, share_smem.shape)
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last step's share left SMEM
     share_smem[...] = share
-    if dsum_share is not None:
-        dsum_smem[...] = dsum_share
     plgpu.commit_smem()
-    rows_here = pl.ds(j * BLOCK, BLOCK)
     # interpreted, a slab per (program, warpgroup): see _dkdv
     slab = (lax.axis_index("blocks") * COMPUTE_WARPGROUPS + wg,) if interpret else ()
-    reduction = None if interpret else "add"
+    rows_here = pl.ds(j * BLOCK, BLOCK)
     plgpu.copy_smem_to_gmem(share_smem, dq_ref.at[(batch, *slab, rows_here, head)],
-                            reduction_op=reduction)
-    if dsum_share is not None:
-        plgpu.copy_smem_to_gmem(dsum_smem, dsum_ref.at[(batch, *slab, head, rows_here)],
-                                reduction_op=reduction)
+                            reduction_op=None if interpret else "add")

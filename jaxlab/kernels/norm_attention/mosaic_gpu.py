@@ -56,9 +56,9 @@ NEG = -1e30             # a finite "minus infinity", as in pallas.py
 FORWARD_BLOCK_K = 128   # keys per forward step: two stages of them fit in SMEM at head dim 128
 KEY_ROWS = 3            # per key: rstd, rstd·μ, 1 if it may be seen else 0
 # True: the forward's compute warpgroups take turns on the tensor cores (FlashAttention-3's
-# "ping-pong"): one's softmax runs while the other's products do. Off until a GPU times it
-# (benchmarks/kernels.py --parts mosaicsweep).
-PINGPONG = False
+# "ping-pong"): one's softmax runs while the other's products do. On an H100 (stop 17, bf16,
+# causal, T=8192) it ran the forward 1.09× as fast at head dim 64 and 1.01× at 128.
+PINGPONG = True
 
 
 def smem_bytes(head_dim: int, block_kv: int, stages: int, itemsize: int = 2) -> int:
