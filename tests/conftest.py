@@ -4,6 +4,12 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXLAB_DISTRIBUTED", "0")
+# Mosaic GPU's interpreter runs each warpgroup as an XLA computation on a thread of its own,
+# and their host callbacks (barrier waits among them) share the CPU client's thread pool,
+# NPROC threads (default: the cores). On a 2-core machine a kernel whose warpgroups wait on
+# one another could block every pool thread and hang: with NPROC=1 every Mosaic GPU
+# backward did, with 2 about one run in five of the ones whose warpgroups meet in SMEM.
+os.environ.setdefault("NPROC", "8")
 # Tests compile many identical programs (the smoke GPT's train and eval steps recur across the
 # experiments and the resume tests); XLA's persistent cache, shared by the xdist workers,
 # compiles each once. Keyed by the program, the jax version and the flags, so a stale entry
