@@ -12,9 +12,11 @@
 # 120 s on 8 workers, the norm sweep needs over 60 s per shape, a table row about 25 s. The
 # defaults (560 s) are the first call; the second:
 #   PARITY_S=0 ATTENTION_S=0 MOSAIC_S=180 NORM_S=150 LINEAR_S=60 bash benchmarks/gpu_session.sh OUT
-# The mosaic part times the Mosaic GPU kernels' launch settings and their two options
-# (mosaic_gpu.PINGPONG, mosaic_backward.DQ_IN_DKDV; on by default since stop 17) against their
-# absence.
+# The mosaic part times the Mosaic GPU kernels' launch settings and options against the
+# defaults: ping-pong (mosaic_gpu.PINGPONG) and the ways the dK/dV kernel adds dQ
+# (mosaic_backward.DQ_SHARES: "keys", the default at head dim 64 since stop 17; "columns" at
+# 128 and "alternate" at 64, built in stop 18 and not yet run on a GPU; "split" keeps the
+# dQ kernel). The parity part compiles those ways too (test_gradients_with_dq_shares_that_meet).
 # Extra arguments: PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS. To time a GPT
 # with each attention kernel: MFU_S=300 MFU_ARGS="--sizes 125M --settings
 # bf16,bf16+auto,bf16+mosaic".

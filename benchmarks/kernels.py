@@ -10,6 +10,7 @@ for causal attention. Norm bandwidth counts one read and one write of x (plus th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from unittest import mock
 
@@ -26,9 +27,11 @@ from jaxlab.kernels.norm_attention import cudnn as norm_cudnn  # noqa: E402
 from jaxlab.kernels.norm_attention import mosaic_backward, mosaic_gpu  # noqa: E402
 
 
-def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, tiles=None):
-    """tiles: keyword arguments of fused_norm_attention that set the Pallas launch (blocks,
-    warps, stages), e.g. the sweep's best; None for the defaults."""
+def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, tiles=None,
+                         mosaic_tiles=None):
+    """tiles: keyword arguments of fused_norm_attention that set the Triton launch (blocks,
+    warps, stages), e.g. the sweep's best; mosaic_tiles: the Mosaic GPU forward's (block_k,
+    num_stages); None for the defaults."""
     def ours(q, k, v):  # the Triton-lowered kernels
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
                                     impl=kernel_impl, gpu_kernel="triton", **(tiles or {}))
@@ -42,7 +45,8 @@ def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, 
 
     def mosaic(q, k, v):  # the Hopper kernels, both passes
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
-                                    impl=kernel_impl, gpu_kernel="mosaic")
+                                    impl=kernel_impl, gpu_kernel="mosaic",
+                                    **(mosaic_tiles or {}))
 
     candidates = {"triton": ours, "xla": xla}
     if jax.default_backend() == "gpu":
@@ -104,13 +108,15 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
 
 
 # Mosaic GPU launch settings: the forward's (keys per step, ring slots, ping-pong), the
-# backward's (keys per dQ step = queries per dK/dV step, ring slots, dQ in the dK/dV kernel
-# where mosaic_backward.dq_in_dkdv allows it: head dim 64, no LayerNorm). Stop 17's H100
+# backward's (keys per dQ step = queries per dK/dV step, ring slots, how the dK/dV kernel
+# adds dQ: a way of mosaic_backward.SHARE_WAYS, or None for the dQ kernel). Stop 17's H100
 # sweeps: forward 128 keys best, ping-pong 1.09× at d=64; backward 64 × 2, with dQ in
-# dK/dV 1.22× at d=64 (0.50× at 128); a backward block of 128 ran at half the speed.
+# dK/dV by "keys" 1.22× at d=64 (0.50× at 128); a backward block of 128 ran at half the
+# speed. A way a head dim does not take is left out of its rows.
 MOSAIC_FORWARD = [(64, 2, False), (128, 2, False), (128, 3, False), (64, 2, True),
                   (128, 2, True), (128, 3, True)]
-MOSAIC_BACKWARD = [(64, 2, False), (64, 2, True), (64, 3, True)]
+MOSAIC_BACKWARD = [(64, 2, None), (64, 2, "keys"), (64, 2, "columns"), (64, 2, "alternate"),
+                   (64, 3, "keys")]
 
 
 def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
@@ -131,18 +137,20 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
     failure = lambda error: f"failed: {str(error).splitlines()[0][:100]}"
     f = jax.jit(attend())
     # The settings are module constants read when a kernel is traced: patch them around it.
-    for block, stages, dq_in_dkdv in MOSAIC_BACKWARD:
+    for block, stages, way in MOSAIC_BACKWARD:
+        if way is not None and d not in mosaic_backward.SHARE_WAYS[way]:
+            continue
         g = fwd_bwd(attend())
         try:
             with mock.patch.multiple(mosaic_backward, BLOCK=block, STAGES=stages,
-                                     DQ_IN_DKDV=dq_in_dkdv):
+                                     DQ_IN_DKDV=way is not None, DQ_SHARES={d: way}):
                 times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)},
                                     rounds)
             bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
             cell = 2.5 * flops_fwd / bwd / 1e12, relative_error(g(q, k, v), want[1])
         except Exception as error:
             cell = failure(error)
-        yield ("bwd", (block, stages, dq_in_dkdv)), cell
+        yield ("bwd", (block, stages, way or "split")), cell
     for block_k, stages, pingpong in sorted(MOSAIC_FORWARD, key=lambda setting: setting[2]):
         forward = jax.jit(attend(block_k, stages))
         try:
@@ -152,6 +160,35 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
         except Exception as error:
             cell = failure(error)
         yield ("fwd", (block_k, stages, pingpong)), cell
+
+
+def best_mosaic_settings(rows) -> dict:
+    """{"fwd": setting, "bwd": setting}: bench_mosaic's fastest rows per pass among those that
+    ran and match the cuDNN path to bf16's tolerance."""
+    best = {}
+    for (part, setting), cell in rows:
+        if not isinstance(cell, str) and cell[1] < 2e-2 and cell[0] > best.get(part, (0, 0))[1]:
+            best[part] = setting, cell[0]
+    return {part: setting for part, (setting, _) in best.items()}
+
+
+@contextlib.contextmanager
+def mosaic_settings(settings: dict, d: int):
+    """Run the Mosaic GPU kernels traced inside with bench_mosaic's settings (see
+    best_mosaic_settings); yields the forward's launch keywords for attention_candidates."""
+    with contextlib.ExitStack() as stack:
+        tiles = {}
+        if "fwd" in settings:
+            block_k, stages, pingpong = settings["fwd"]
+            tiles = dict(block_k=block_k, num_stages=stages)
+            stack.enter_context(mock.patch.object(mosaic_gpu, "PINGPONG", pingpong))
+        if "bwd" in settings:
+            block, stages, way = settings["bwd"]
+            way = None if way == "split" else way
+            stack.enter_context(mock.patch.multiple(
+                mosaic_backward, BLOCK=block, STAGES=stages, DQ_IN_DKDV=way is not None,
+                DQ_SHARES={d: way}))
+        yield tiles
 
 
 def relative_error(got, want) -> float:
@@ -166,7 +203,8 @@ def fwd_bwd(fn):
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None, only=None):
+def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None, only=None,
+                    mosaic_tiles=None):
     """Rows of TFLOP/s per candidate; only: the candidate names to time (None: all)."""
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
@@ -175,7 +213,8 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None, only=Non
     rows = []
     logits_gib = 4 * b * h * t * t / 2 ** 30
     results = {}
-    for name, fn in attention_candidates(q, k, v, scale, kernel_impl, tiles=tiles).items():
+    for name, fn in attention_candidates(q, k, v, scale, kernel_impl, tiles=tiles,
+                                         mosaic_tiles=mosaic_tiles).items():
         if only is not None and name not in only:
             continue
         # On an 80 GB H100 the all-XLA fwd+bwd ran out of memory from 8 GiB of logits on
@@ -291,6 +330,7 @@ def main():
     parts = args.parts.split(",")
     only = args.candidates.split(",") if args.candidates else None
     tuned = {}  # head dim -> launch keywords: the sweep's best forward and backward settings
+    mosaic_tuned = {}  # head dim -> the Mosaic GPU sweep's best settings (best_mosaic_settings)
     if "blocks" in parts:
         sweep_t = 64 if args.smoke else 4096
         print(f"\nTriton norm-attention TFLOP/s (fwd / bwd / fwd+bwd) by (block_q, block_k, "
@@ -309,20 +349,27 @@ def main():
     if "mosaicsweep" in parts and jax.default_backend() == "gpu":
         sweep_t = int(lengths[-1])
         print(f"\nMosaic GPU norm-attention TFLOP/s by setting, T={sweep_t}: forward (block_k, "
-              "stages, ping-pong), backward (block, stages, dQ in the dK/dV kernel); error "
-              "against the cuDNN path")
+              "stages, ping-pong), backward (block, stages, how dQ is added; split: the dQ "
+              "kernel); error against the cuDNN path")
         for d in head_dims:
             b, h = max(1, 16384 // sweep_t), 16 if d == 64 else 8
+            rows = []
             for (part, setting), cell in bench_mosaic(b, h, sweep_t, d, dtype, rounds):
+                rows.append(((part, setting), cell))
                 cell = cell if isinstance(cell, str) else f"{cell[0]:8.1f}   error {cell[1]:.1e}"
                 print(f"  d={d:4d} {part} {str(setting):18s} {cell}", flush=True)
+            mosaic_tuned[d] = best_mosaic_settings(rows)
+            print(f"  d={d:4d} best: {mosaic_tuned[d]}")
     print("\nfused norm-attention (rms qk-norm, causal), TFLOP/s: fwd / bwd / fwd+bwd"
-          + ("; triton with the sweep's best settings" if tuned else ""))
+          + ("; triton with the sweep's best settings" if tuned else "")
+          + ("; mosaic with its sweep's best" if mosaic_tuned else ""))
     for d in (head_dims if "attention" in parts else []):
         for t in lengths:
             b, h = (1, 2) if args.smoke else (max(1, 16384 // t), 16 if d == 64 else 8)
-            for name, *rates in bench_attention(b, h, t, d, dtype, impl, rounds, tuned.get(d),
-                                                only):
+            with mosaic_settings(mosaic_tuned.get(d, {}), d) as mosaic_tiles:
+                rows = bench_attention(b, h, t, d, dtype, impl, rounds, tuned.get(d), only,
+                                       mosaic_tiles)
+            for name, *rates in rows:
                 cells = " ".join(f"{r:8.1f}" for r in rates) if len(rates) == 3 else rates[0]
                 print(f"  d={d:4d} T={t:6d} {name:15s} {cells}", flush=True)
     print("\nfused RMSNorm + residual, GB/s (forward: x, r in, y, h out; backward: h, dy, dh in,"

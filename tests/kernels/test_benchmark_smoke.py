@@ -24,3 +24,25 @@ def test_every_part_runs_at_smoke_size():
     assert "triton vs xla   relative error" in out
     assert "fwd+bwd  pallas rows=" in out and "of copy" in out
     assert "T=    64:" in out
+
+
+def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import kernels
+    from jaxlab.kernels.norm_attention import mosaic_backward, mosaic_gpu
+    rows = [(("bwd", (64, 2, "split")), (300.0, 8e-3)),
+            (("bwd", (64, 2, "columns")), (420.0, 9e-3)),
+            (("bwd", (64, 2, "keys")), (900.0, 0.5)),       # fast but wrong: not taken
+            (("bwd", (64, 3, "keys")), "failed: out of shared memory"),
+            (("fwd", (128, 2, False)), (380.0, 5e-3)),
+            (("fwd", (128, 2, True)), (390.0, 5e-3))]
+    best = kernels.best_mosaic_settings(rows)
+    assert best == {"bwd": (64, 2, "columns"), "fwd": (128, 2, True)}
+    before = (mosaic_gpu.PINGPONG, dict(mosaic_backward.DQ_SHARES))
+    with kernels.mosaic_settings({"fwd": (128, 3, False), "bwd": (64, 2, "columns")},
+                                 128) as tiles:
+        assert tiles == dict(block_k=128, num_stages=3) and not mosaic_gpu.PINGPONG
+        assert mosaic_backward.dq_share(128, "rms") == "columns"
+    with kernels.mosaic_settings({"bwd": (64, 2, "split")}, 64) as tiles:
+        assert tiles == {} and mosaic_backward.dq_share(64, None) is None
+    assert (mosaic_gpu.PINGPONG, mosaic_backward.DQ_SHARES) == before

@@ -117,12 +117,40 @@ def test_gradients_match_reference(t, s, heads, qk_norm, normalizer, causal, mas
 ])
 def test_gradients_with_dq_in_the_dkdv_kernel(t, s, heads, qk_norm, normalizer, causal,
                                               masked):
-    """Head dim 64 without LayerNorm (`mosaic_backward.dq_in_dkdv`): the dK/dV kernel adds
-    every step's dq' share into a zeroed float32 sum (one slab per program and warpgroup in
-    the interpreter), no dQ kernel. The first case is the shape whose LayerNorm variant
-    failed compiled (stop 17)."""
-    assert mosaic_backward.dq_in_dkdv(64, qk_norm)
+    """Head dim 64 without LayerNorm (`mosaic_backward.dq_share`, by default "keys"): the
+    dK/dV kernel adds every step's dq' share into a zeroed float32 sum (one slab per program
+    and warpgroup in the interpreter), no dQ kernel. The first case is the shape whose
+    LayerNorm variant failed compiled (stop 17)."""
+    assert mosaic_backward.dq_share(64, qk_norm) == "keys"
     check_gradients(t, s, heads, 64, qk_norm, normalizer, causal, jnp.bfloat16, masked)
+
+
+@pytest.mark.parametrize("way,d,t,s,heads,qk_norm,normalizer,causal,masked", [
+    # ragged both ways, causal: the second warpgroup's keys skip the first query block, and
+    # it meets the first with zeros there
+    ("columns", 128, 130, 200, (2, 1), "rms", "softmax", True, True),
+    ("alternate", 64, 150, 100, (4, 2), "rms", "softplus", True, False),  # GQA, t > s
+    # the interpreter ran this one wrong until each warpgroup waited, before writing dK into
+    # its key tile, for the other's last product that reads it
+    ("columns", 128, 256, 128, (2, 1), None, "softmax", False, False),
+    ("alternate", 64, 256, 128, (2, 1), None, "softplus", False, False),
+])
+def test_gradients_with_dq_shares_that_meet(monkeypatch, way, d, t, s, heads, qk_norm,
+                                            normalizer, causal, masked):
+    """The two ways whose compute warpgroups meet in SMEM to add dq' over all 128 keys of
+    their program: "columns" (each adds half of head dim 128) and "alternate" (each adds
+    every other query block's)."""
+    monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
+    assert mosaic_backward.dq_share(d, qk_norm) == way
+    check_gradients(t, s, heads, d, qk_norm, normalizer, causal, jnp.bfloat16, masked)
+
+
+@pytest.mark.parametrize("way,d", [("columns", 64), ("alternate", 128), ("halves", 64)])
+def test_a_dq_share_the_head_dim_cannot_take_is_refused(monkeypatch, way, d):
+    monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
+    with pytest.raises(ValueError, match=rf"DQ_SHARES\[{d}\] = '{way}': at head dim {d}"):
+        mosaic_backward.dq_share(d, "rms")
+    assert mosaic_backward.dq_share(d, "layer") is None  # LayerNorm keeps the dQ kernel
 
 
 @settings(max_examples=4, deadline=None, derandomize=True)
@@ -143,19 +171,23 @@ def lower_for_gpu(fn, *args) -> str:
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,dq_in_dkdv,pingpong", [
-    (128, "rms", "softmax", 128, 2, False, False),
-    (64, "layer", "softplus", 64, 3, True, False),      # LayerNorm keeps the dQ kernel
-    (128, None, "softmax", 64, 2, True, True),          # so does head dim 128
-    (64, None, "softmax", 128, 2, True, False),
-    (64, "rms", "softplus", 64, 2, True, True)])
+@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,way,pingpong", [
+    (128, "rms", "softmax", 128, 2, None, False),
+    (64, "layer", "softplus", 64, 3, "keys", False),    # LayerNorm keeps the dQ kernel
+    (128, None, "softmax", 64, 2, None, True),          # so does head dim 128 by default
+    (64, None, "softmax", 128, 2, "keys", False),
+    (64, "rms", "softplus", 64, 2, "keys", True),
+    (128, "rms", "softmax", 128, 2, "columns", True),
+    (64, "rms", "softmax", 128, 2, "alternate", False)])
 def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, block_kv, stages,
-                                         dq_in_dkdv, pingpong):
+                                         way, pingpong):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
     (a register operand, wgmma into a live accumulator, a reducing store): only this lowering
     checks it on a CPU. The gradient holds the three Mosaic GPU kernels (forward, dQ, dK/dV),
-    or two where `dq_in_dkdv` moves dQ into the dK/dV kernel: head dim 64, no LayerNorm."""
-    monkeypatch.setattr(mosaic_backward, "DQ_IN_DKDV", dq_in_dkdv)
+    or two where `dq_share` moves dQ into the dK/dV kernel (not for LayerNorm). The
+    lowering also runs Mosaic GPU's shared-memory check, which "alternate" at head dim 128
+    fails (`SHARE_WAYS`)."""
+    monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
     monkeypatch.setattr(mosaic_gpu, "PINGPONG", pingpong)
     q, k = jnp.ones((2, 300, 4, d), jnp.bfloat16), jnp.ones((2, 520, 2, d), jnp.bfloat16)
     scale = jnp.ones((d,))
@@ -163,7 +195,7 @@ def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, bl
         q, k, v, a, b, qk_norm=qk_norm, normalizer=normalizer, causal=True, impl="pallas",
         gpu_kernel="mosaic", block_k=block_kv, num_stages=stages).astype(jnp.float32).sum()
     text = lower_for_gpu(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), q, k, k, scale, scale)
-    fused = dq_in_dkdv and d == 64 and qk_norm != "layer"
+    fused = way is not None and qk_norm != "layer"
     assert text.count("@mosaic_gpu") == (2 if fused else 3)
     assert text.count("__gpu$xla.gpu.triton") == 0
 
@@ -195,3 +227,14 @@ def test_refusals_name_the_value(change, message):
     change.setdefault("gpu_kernel", "mosaic")
     with pytest.raises(ConfigError, match=message):
         fused_norm_attention(q, q, q, None, None, mask, impl="interpret", **change)
+
+
+def test_alternate_dq_shares_at_head_dim_128_exceed_shared_memory(monkeypatch):
+    """Why `SHARE_WAYS` keeps "alternate" to head dim 64: Mosaic GPU's own check refuses it."""
+    monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {128: "alternate"})
+    monkeypatch.setitem(mosaic_backward.SHARE_WAYS, "alternate", (64, 128))
+    q = jnp.ones((1, 128, 2, 128), jnp.bfloat16)
+    loss = lambda q: fused_norm_attention(q, q, q, None, None, qk_norm="rms", causal=True,
+                                          impl="pallas", gpu_kernel="mosaic").sum()
+    with pytest.raises(ValueError, match="shared memory"):
+        lower_for_gpu(jax.grad(loss), q)

@@ -24,11 +24,23 @@ walking query blocks of 64 (the sums over a key/value head's group of query head
 Head dims up to 128: the dK/dV kernel holds two [64, d] float32 accumulators per thread group.
 
 The split costs two tile products the dK/dV kernel also computes (q'·kᵀ and dO·vᵀ): 7 per
-(query block, key block) where the FLOP count assumes 5. Where `dq_in_dkdv` says so, the
-dK/dV kernel also forms dq' = (ds ⊙ r) k for its keys and adds it into a zeroed float32 dq'
-in global memory with a reducing TMA store (a `jax.new_ref` the kernel updates in place); no
-dQ kernel runs. The additions' order varies between runs, so dq' is not bit-for-bit
-reproducible then.
+(query block, key block) where the FLOP count assumes 5. Where `dq_share` names a way, the
+dK/dV kernel also forms dq' = (ds ⊙ r) k and adds it into a zeroed float32 dq' in global
+memory with reducing TMA stores (a `jax.new_ref` the kernel updates in place); no dQ kernel
+runs. The additions' order varies between runs, so dq' is not bit-for-bit reproducible then.
+The ways (`DQ_SHARES`), per query block:
+
+    "keys"       each compute warpgroup adds [64 queries, d] over its own 64 keys;
+    "columns"    both warpgroups' ds meet in SMEM, and each adds [64, d/2] over all 128 keys
+                 (head dim 128): half the global additions, half the accumulator registers;
+    "alternate"  both warpgroups' ds meet in SMEM, and the block's owner (by parity) adds
+                 [64, d] over all 128 keys: half the global additions.
+
+Stop 17's H100 (bf16, causal, T=8192) ran "keys" at 1.22× the split's backward at head dim
+64 and 0.50× at 128. Its reducing stores moved 4.3 GB at both: about 2.2 TB/s at 64, a rate
+that may bound it, and 1.1 TB/s at 128, where the [64, 128] float32 share next to dK's and
+dV's accumulators more likely spilled registers. "columns" halves both the stores and that
+share, "alternate" the stores; neither has run on a GPU yet.
 """
 from __future__ import annotations
 
@@ -46,19 +58,29 @@ from jaxlab.kernels.norm_attention.reference import head_norm
 
 BLOCK = 64          # keys per dQ step, queries per dK/dV step
 STAGES = 2
-# Whether `dq_in_dkdv` may move dQ into the dK/dV kernel (benchmarks turn it off to compare).
-DQ_IN_DKDV = True
-
-
-def dq_in_dkdv(head_dim: int, qk_norm: str | None) -> bool:
-    """Whether the dK/dV kernel also computes dQ (5 tile products per step pair, not 7). On an
-    H100 (stop 17, bf16, causal, T=8192) that backward ran 1.22× the split's speed at head
-    dim 64 but 0.50× at 128, where the [64, d] dq' share joins dK's and dV's accumulators in
-    the registers. For LayerNorm it also needs each step's dΣq' share, a sum across the score
-    tile's rows stored by a reducing TMA copy of a vector: it passed in the interpreter and
-    failed the compiled parity test, so LayerNorm keeps the split."""
-    return DQ_IN_DKDV and head_dim == 64 and qk_norm != "layer"
 LN2 = math.log(2.0)
+# Whether `dq_share` may move dQ into the dK/dV kernel (benchmarks turn it off to compare).
+DQ_IN_DKDV = True
+# How the dK/dV kernel adds its dq' shares, per head dim (see the module's docstring); a head
+# dim not named keeps the dQ kernel.
+DQ_SHARES = {64: "keys"}
+# The head dims each way takes: "columns" splits d at a 64-column SMEM tile's edge, and
+# "alternate" at 128 needs 230 KiB of shared memory (over an H100's 227).
+SHARE_WAYS = {"keys": (64, 128), "columns": (128,), "alternate": (64,)}
+
+
+def dq_share(head_dim: int, qk_norm: str | None) -> str | None:
+    """How the dK/dV kernel adds dQ (5 tile products per step pair, not 7), or None where the
+    dQ kernel runs. For LayerNorm it would also need each step's dΣq' share, a sum across the
+    score tile's rows stored by a reducing TMA copy of a vector: that passed in the
+    interpreter and failed the compiled parity test (stop 17), so LayerNorm keeps the split."""
+    way = DQ_SHARES.get(head_dim) if DQ_IN_DKDV and qk_norm != "layer" else None
+    if way is not None and head_dim not in SHARE_WAYS.get(way, ()):
+        valid = [name for name, dims in SHARE_WAYS.items() if head_dim in dims]
+        raise ValueError(f"DQ_SHARES[{head_dim}] = {way!r}: at head dim {head_dim} the ways "
+                         f"are {valid}")
+    return way
+
 
 
 def prepared_queries(q, q_scale, k_scale, row_scale, *, qk_norm, normalizer, sm_scale, eps):
@@ -103,8 +125,9 @@ def backward(q, k, v, q_scale, k_scale, key_mask, row_scale, out, stat, dout, *,
     tk = k_p.shape[1]
     per_key = mg.key_rows(rstd, shift, key_mask, tk)
     arrays = (q_prime, dout_p, per_query, k_p, v_p, per_key)
-    if dq_in_dkdv(d, qk_norm):
-        dk_heads, dv_heads, dstats, dq_prime = _dkdv(g, *arrays, interpret, with_dq=True)
+    share = dq_share(d, qk_norm)
+    if share is not None:
+        dk_heads, dv_heads, dstats, dq_prime = _dkdv(g, *arrays, interpret, share=share)
         dq_prime = dq_prime.astype(q.dtype)
         dsums = jnp.zeros((b, h, tq), jnp.float32)  # Σq' reaches the logits only in LayerNorm
     else:
@@ -243,10 +266,13 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
     return dq, dsum
 
 
-def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, with_dq: bool = False):
-    """(dk, dv per query head, key-row gradients) and with_dq also dq' [b, tq, h, d] float32,
-    summed over the programs' shares (not for LayerNorm, see `dq_in_dkdv`)."""
+def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, share: str | None = None):
+    """(dk, dv per query head, key-row gradients) and with a `share` way also dq'
+    [b, tq, h, d] float32, summed over the programs' shares (not for LayerNorm, see
+    `dq_share`)."""
     b, tq, h, d, tk = _shapes(q_prime, k)
+    with_dq, meet = share is not None, share in ("columns", "alternate")
+    share_columns = d // 2 if share == "columns" else d
     scratch = (
         plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), k.dtype,
                    transforms=mg.tiled(d, k.dtype)),                         # k, then dk
@@ -258,22 +284,26 @@ def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, with_dq: bool =
         plgpu.SMEM((STAGES, 3, BLOCK), jnp.float32),                         # stat, δ, Σq'
         mg.staging(BLOCK, q_prime.dtype, interpret),
         None if not with_dq else (
-            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, BLOCK), q_prime.dtype,
-                       transforms=mg.tiled(BLOCK, q_prime.dtype)),           # ds ⊙ r
-            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK, d), jnp.float32)),       # a dq' share
+            # ds ⊙ r; where the warpgroups meet, one per step parity: one warpgroup may
+            # write the next step's while the other still reads this one's
+            plgpu.SMEM((2 if meet else 1, COMPUTE_WARPGROUPS, BLOCK_Q, BLOCK), q_prime.dtype,
+                       transforms=mg.tiled(BLOCK, q_prime.dtype)),
+            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK, share_columns), jnp.float32)),  # dq' share
     )
     barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),  # the key tiles landed
-                *mg.ring_barriers(3, STAGES))
+                *mg.ring_barriers(3, STAGES),
+                # where the warpgroups meet: both steps' ds are in SMEM
+                plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS) if meet else None)
     inputs = (q_prime, dout, per_query, k, v, per_key)
     if with_dq:
         # A zeroed sum the programs add into. Mosaic GPU's interpreter has no reducing store,
         # so interpreted each (program, warpgroup) writes a slab of its own, summed here.
-        assert g.qk_norm != "layer", "LayerNorm's dΣq' needs the dQ kernel (dq_in_dkdv)"
+        assert g.qk_norm != "layer", "LayerNorm's dΣq' needs the dQ kernel (dq_share)"
         slabs = (tk // BLOCK_Q,) if interpret else ()
         inputs += (jax.new_ref(jnp.zeros((b, *slabs, tq, h, d), jnp.float32)),)
 
     def entry(*refs):
-        program = lambda smem, bars: _dkdv_program(g, *refs, *smem, *bars, with_dq=with_dq,
+        program = lambda smem, bars: _dkdv_program(g, *refs, *smem, *bars, share=share,
                                                    interpret=interpret)
         pl.run_scoped(program, scratch, barriers, collective_axes="wg")
 
@@ -302,10 +332,10 @@ def _query_blocks(g, k_first, num_blocks):
 
 
 def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
-                  with_dq: bool, interpret: bool):
-    dq_ref, refs = (refs[0], refs[1:]) if with_dq else (None, refs)
+                  share: str | None, interpret: bool):
+    dq_ref, refs = (refs[0], refs[1:]) if share is not None else (None, refs)
     (dk_ref, dv_ref, dstat_ref, k_smem, v_smem, kstat_smem, q_smem, do_smem, rowval_smem, p_smem,
-     dq_smem, key_ready, q_ready, do_ready, rowval_ready, free) = refs
+     dq_smem, key_ready, q_ready, do_ready, rowval_ready, free, meeting) = refs
     batch, head, wg, program_first = mg.program_axes()
     num_blocks = q_ref.shape[1] // BLOCK
     lo, _ = _query_blocks(g, program_first, num_blocks)  # the earlier keys' first block
@@ -328,17 +358,30 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
         per_row = plgpu.Layout.WGMMA.reduce(1)
         carry = (zeros(k_tile.shape, plgpu.Layout.WGMMA), zeros(v_tile.shape, plgpu.Layout.WGMMA),
                  zeros((BLOCK_Q,), per_row), zeros((BLOCK_Q,), per_row))
-        lax.fori_loop(lo, first, mg.release(readies, free, lo, STAGES), None)
         add_dq = None
-        if with_dq:
-            add_dq = functools.partial(_add_dq_share, dq_ref, [x.at[wg] for x in dq_smem],
+        if share == "keys":
+            ds_smem, share_smem = dq_smem
+            add_dq = functools.partial(_add_dq_share, dq_ref, (ds_smem.at[0, wg],
+                                                               share_smem.at[wg]),
                                        k_tile, (batch, head, wg), interpret)
+        elif share is not None:
+            add_dq = functools.partial(_add_met_dq_share, share, dq_ref, dq_smem, k_smem,
+                                       meeting, (batch, head, wg, lo), interpret)
+        release = mg.release(readies, free, lo, STAGES)
+
+        def skip(j, _):  # a query block none of this warpgroup's keys see
+            release(j, None)
+            if meeting is not None:  # the other warpgroup's keys may see it: meet that one
+                add_dq(j, None)
+        lax.fori_loop(lo, first, skip, None)
         step = functools.partial(_dkdv_step, g, k_tile, v_tile, q_smem, do_smem, rowval_smem,
                                  readies, free, lo, k_first, (rstd, shift, valid),
                                  None if p_smem is None else p_smem.at[wg], add_dq)
         carry = lax.fori_loop(first, whole, functools.partial(step, masked=True), carry)
         dk, dv, drstd, dshift = lax.fori_loop(whole, num_blocks,
                                               functools.partial(step, masked=False), carry)
+        if meeting is not None:  # the other warpgroup's last dq' share has read our k tile
+            mg.take_turn(meeting)
         k_tile[...] = dk.astype(k_tile.dtype)
         v_tile[...] = dv.astype(v_tile.dtype)
         kstats[0] = drstd
@@ -414,3 +457,39 @@ def _add_dq_share(dq_ref, dq_smem, k_tile, where, interpret, j, ds):
     rows_here = pl.ds(j * BLOCK, BLOCK)
     plgpu.copy_smem_to_gmem(share_smem, dq_ref.at[(batch, *slab, rows_here, head)],
                             reduction_op=None if interpret else "add")
+
+
+def _add_met_dq_share(way, dq_ref, dq_smem, k_smem, meeting, where, interpret, j, ds):
+    """The "columns" and "alternate" ways of `_add_dq_share`: this warpgroup's ds ⊙ r (zeros
+    where its keys see no query of block j: ds None) goes to SMEM, the compute warpgroups
+    meet, and this one adds its part of dq' = Σ over both key tiles of (ds ⊙ r)ᵀ k: half the
+    columns, or all of them in the steps it owns."""
+    ds_smem, share_smem = dq_smem
+    batch, head, wg, lo = where
+    parity = lax.rem(j - lo, 2)
+    if ds is None:
+        ds = plgpu.layout_cast(jnp.zeros(ds_smem.shape[2:], ds_smem.dtype),
+                               plgpu.Layout.WGMMA)
+    ds_smem[parity, wg] = ds
+    plgpu.commit_smem()
+    mg.take_turn(meeting)
+    rows_here = pl.ds(j * BLOCK, BLOCK)
+    slab = (lax.axis_index("blocks") * COMPUTE_WARPGROUPS + wg,) if interpret else ()
+    width = share_smem.shape[-1]
+
+    def add(columns):
+        pairs = [(ds_smem.at[parity, w].transpose((1, 0)), k_smem.at[w, :, columns])
+                 for w in range(COMPUTE_WARPGROUPS)]
+        total = mg.products(pairs, share_smem.shape[1:])
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last share left SMEM
+        share_smem[wg] = total
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(share_smem.at[wg],
+                                dq_ref.at[(batch, *slab, rows_here, head, columns)],
+                                reduction_op=None if interpret else "add")
+
+    if way == "columns":
+        for w in range(COMPUTE_WARPGROUPS):
+            pl.when(wg == w)(functools.partial(add, pl.ds(w * width, width)))
+    else:
+        pl.when(lax.rem(j, COMPUTE_WARPGROUPS) == wg)(functools.partial(add, pl.ds(0, width)))

@@ -29,7 +29,10 @@ statistic per query, [b, h, t]: the base-2 log-sum-exp of the kernel's logits fo
 
 Needs jax ≥ 0.11 (`plgpu.kernel` with a GPU interpreter), 16-bit inputs and head dim 64 or
 128. On a CPU, `interpret=True` runs it in Mosaic GPU's interpreter, and lowering for CUDA
-(`dispatch.target("gpu")`) runs Mosaic GPU's layout inference and shared-memory check.
+(`dispatch.target("gpu")`) runs Mosaic GPU's layout inference and shared-memory check. The
+interpreter's warpgroups wait on one another inside host callbacks that share the CPU
+client's thread pool, NPROC threads (default: the cores); on a 2-core machine that pool can
+run out and the kernel hang, so set NPROC=8 or more there (tests/conftest.py does).
 """
 from __future__ import annotations
 
@@ -308,6 +311,15 @@ def product(a, b, shape, while_running=None):
         plgpu.wgmma(acc_ref, a, b)
         if while_running is not None:
             while_running()
+        return acc_ref[...]
+    return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+
+def products(pairs, shape):
+    """Σ a @ b over (a, b) SMEM ref pairs, into one fresh float32 accumulator of `shape`."""
+    def run(acc_ref):
+        for a, b in pairs:
+            plgpu.wgmma(acc_ref, a, b)
         return acc_ref[...]
     return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
