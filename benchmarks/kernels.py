@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import sys
 from unittest import mock
 
@@ -115,15 +117,28 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
 # speed. A way a head dim does not take is left out of its rows.
 MOSAIC_FORWARD = [(64, 2, False), (128, 2, False), (128, 3, False), (64, 2, True),
                   (128, 2, True), (128, 3, True)]
-MOSAIC_BACKWARD = [(64, 2, None), (64, 2, "keys"), (64, 2, "columns"), (64, 2, "alternate"),
-                   (64, 3, "keys")]
+MOSAIC_BACKWARD = [(64, 2, None), (64, 2, "keys"), (64, 3, "keys"), (64, 2, "columns"),
+                   (64, 2, "alternate")]
+# Settings never yet run on a GPU, timed after all others: if one hangs, the part's time limit
+# (gpu_session.sh) ends the sweep having lost only them.
+UNPROVEN = {("bwd", (64, 2, "columns")), ("bwd", (64, 2, "alternate"))}
+
+
+def mosaic_sweep_order(d: int):
+    """bench_mosaic's (pass, setting) rows for head dim d, in the order they are timed:
+    backward settings, forward ones (ping-pong last), then UNPROVEN; backward ways the head
+    dim does not take (mosaic_backward.SHARE_WAYS) are left out."""
+    rows = [("bwd", setting) for setting in MOSAIC_BACKWARD
+            if setting[2] is None or d in mosaic_backward.SHARE_WAYS[setting[2]]]
+    rows += [("fwd", setting) for setting in sorted(MOSAIC_FORWARD, key=lambda s: s[2])]
+    return sorted(rows, key=lambda row: row in UNPROVEN)
 
 
 def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
     """Yields ((pass, setting), (TFLOP/s, relative error against the cuDNN path) or a
-    failure) for the Mosaic GPU kernels as each is measured: each backward setting timed as
-    fwd+bwd minus the default forward, then each forward setting forward only (the
-    ping-pong ones last: a kernel that hangs then costs the fewest rows)."""
+    failure) for the Mosaic GPU kernels as each is measured, in mosaic_sweep_order: a
+    backward setting timed as fwd+bwd minus the default forward, a forward one forward only.
+    The setting's name for the dQ kernel is "split"."""
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
@@ -137,29 +152,26 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
     failure = lambda error: f"failed: {str(error).splitlines()[0][:100]}"
     f = jax.jit(attend())
     # The settings are module constants read when a kernel is traced: patch them around it.
-    for block, stages, way in MOSAIC_BACKWARD:
-        if way is not None and d not in mosaic_backward.SHARE_WAYS[way]:
-            continue
-        g = fwd_bwd(attend())
+    for part, setting in mosaic_sweep_order(d):
+        name = setting
         try:
-            with mock.patch.multiple(mosaic_backward, BLOCK=block, STAGES=stages,
-                                     DQ_IN_DKDV=way is not None, DQ_SHARES={d: way}):
-                times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)},
-                                    rounds)
-            bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
-            cell = 2.5 * flops_fwd / bwd / 1e12, relative_error(g(q, k, v), want[1])
+            if part == "bwd":
+                block, stages, way = setting
+                name = (block, stages, way or "split")
+                g = fwd_bwd(attend())
+                with mosaic_settings({"bwd": name}, d):
+                    times = interleaved({"fwd": lambda: f(q, k, v),
+                                         "fwd+bwd": lambda: g(q, k, v)}, rounds)
+                bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
+                cell = 2.5 * flops_fwd / bwd / 1e12, relative_error(g(q, k, v), want[1])
+            else:
+                with mosaic_settings({"fwd": setting}, d) as tiles:
+                    forward = jax.jit(attend(tiles["block_k"], tiles["num_stages"]))
+                    seconds = interleaved({"fwd": lambda: forward(q, k, v)}, rounds)["fwd"]
+                cell = flops_fwd / seconds / 1e12, relative_error(forward(q, k, v), want[0])
         except Exception as error:
             cell = failure(error)
-        yield ("bwd", (block, stages, way or "split")), cell
-    for block_k, stages, pingpong in sorted(MOSAIC_FORWARD, key=lambda setting: setting[2]):
-        forward = jax.jit(attend(block_k, stages))
-        try:
-            with mock.patch.object(mosaic_gpu, "PINGPONG", pingpong):
-                seconds = interleaved({"fwd": lambda: forward(q, k, v)}, rounds)["fwd"]
-            cell = flops_fwd / seconds / 1e12, relative_error(forward(q, k, v), want[0])
-        except Exception as error:
-            cell = failure(error)
-        yield ("fwd", (block_k, stages, pingpong)), cell
+        yield (part, name), cell
 
 
 def best_mosaic_settings(rows) -> dict:
@@ -169,7 +181,25 @@ def best_mosaic_settings(rows) -> dict:
     for (part, setting), cell in rows:
         if not isinstance(cell, str) and cell[1] < 2e-2 and cell[0] > best.get(part, (0, 0))[1]:
             best[part] = setting, cell[0]
-    return {part: setting for part, (setting, _) in best.items()}
+    return {part: tuple(setting) for part, (setting, _) in best.items()}
+
+
+def save_mosaic_settings(path: str, settings: dict) -> None:
+    """Write {head dim: best_mosaic_settings} to path as JSON, replacing it whole (a sweep cut
+    by its time limit leaves the best of the rows it finished)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({str(d): best for d, best in settings.items()}, f)
+    os.replace(tmp, path)
+
+
+def load_mosaic_settings(path: str) -> dict:
+    """save_mosaic_settings' file as {head dim: settings}; {} if there is none."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {int(d): {part: tuple(setting) for part, setting in best.items()}
+                for d, best in json.load(f).items()}
 
 
 @contextlib.contextmanager
@@ -315,6 +345,12 @@ def main():
                              "settings the attention table then uses), attention, norm, "
                              "normsweep (norm with a rows × warps × steps sweep), linear, "
                              "mosaicsweep (the Mosaic GPU kernels' launch settings)")
+    parser.add_argument("--sweep-length", type=int, default=8192,
+                        help="T of the Mosaic GPU sweep (mosaicsweep)")
+    parser.add_argument("--mosaic-settings", default=None,
+                        help="a JSON file: mosaicsweep writes its best settings per head dim "
+                             "there as it goes, and the attention table's mosaic rows use "
+                             "them (also from an earlier run's file)")
     parser.add_argument("--candidates", default=None,
                         help="the attention table's rows to time, e.g. mosaic,xla-norm+cudnn "
                              "(default: all)")
@@ -330,7 +366,8 @@ def main():
     parts = args.parts.split(",")
     only = args.candidates.split(",") if args.candidates else None
     tuned = {}  # head dim -> launch keywords: the sweep's best forward and backward settings
-    mosaic_tuned = {}  # head dim -> the Mosaic GPU sweep's best settings (best_mosaic_settings)
+    # head dim -> the Mosaic GPU sweep's best settings (best_mosaic_settings)
+    mosaic_tuned = load_mosaic_settings(args.mosaic_settings) if args.mosaic_settings else {}
     if "blocks" in parts:
         sweep_t = 64 if args.smoke else 4096
         print(f"\nTriton norm-attention TFLOP/s (fwd / bwd / fwd+bwd) by (block_q, block_k, "
@@ -347,7 +384,7 @@ def main():
                 tuned[d] = launch(best_fwd, best_bwd)
                 print(f"  d={d:4d} best forward {best_fwd}, best backward {best_bwd}")
     if "mosaicsweep" in parts and jax.default_backend() == "gpu":
-        sweep_t = int(lengths[-1])
+        sweep_t = args.sweep_length
         print(f"\nMosaic GPU norm-attention TFLOP/s by setting, T={sweep_t}: forward (block_k, "
               "stages, ping-pong), backward (block, stages, how dQ is added; split: the dQ "
               "kernel); error against the cuDNN path")
@@ -356,13 +393,17 @@ def main():
             rows = []
             for (part, setting), cell in bench_mosaic(b, h, sweep_t, d, dtype, rounds):
                 rows.append(((part, setting), cell))
+                mosaic_tuned[d] = best_mosaic_settings(rows)
+                if args.mosaic_settings:
+                    save_mosaic_settings(args.mosaic_settings, mosaic_tuned)
                 cell = cell if isinstance(cell, str) else f"{cell[0]:8.1f}   error {cell[1]:.1e}"
                 print(f"  d={d:4d} {part} {str(setting):18s} {cell}", flush=True)
-            mosaic_tuned[d] = best_mosaic_settings(rows)
             print(f"  d={d:4d} best: {mosaic_tuned[d]}")
     print("\nfused norm-attention (rms qk-norm, causal), TFLOP/s: fwd / bwd / fwd+bwd"
           + ("; triton with the sweep's best settings" if tuned else "")
-          + ("; mosaic with its sweep's best" if mosaic_tuned else ""))
+          + ("; mosaic with its sweep's best settings" if mosaic_tuned else ""))
+    for d, best in (mosaic_tuned.items() if "attention" in parts else ()):
+        print(f"  mosaic at d={d}: {best}")
     for d in (head_dims if "attention" in parts else []):
         for t in lengths:
             b, h = (1, 2) if args.smoke else (max(1, 16384 // t), 16 if d == 64 else 8)

@@ -46,3 +46,19 @@ def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
     with kernels.mosaic_settings({"bwd": (64, 2, "split")}, 64) as tiles:
         assert tiles == {} and mosaic_backward.dq_share(64, None) is None
     assert (mosaic_gpu.PINGPONG, mosaic_backward.DQ_SHARES) == before
+
+
+def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import kernels
+    for d, way, absent in ((64, "alternate", "columns"), (128, "columns", "alternate")):
+        order = kernels.mosaic_sweep_order(d)
+        assert order[-1] == ("bwd", (64, 2, way)) and order[0] == ("bwd", (64, 2, None))
+        assert ("bwd", (64, 2, absent)) not in order
+        assert [part for part, _ in order[:-1]] == ["bwd"] * 3 + ["fwd"] * 6
+    path = str(tmp_path / "best.json")
+    assert kernels.load_mosaic_settings(path) == {}
+    best = {64: {"fwd": (128, 3, True), "bwd": (64, 2, "alternate")},
+            128: {"bwd": (64, 2, "split")}}
+    kernels.save_mosaic_settings(path, best)
+    assert kernels.load_mosaic_settings(path) == best
