@@ -13,15 +13,19 @@
 # shape). The defaults (550 s) are the first call: the Mosaic sweep at T=8192, then the whole
 # table (head dim 64 and 128, T 1k–16k; CANDIDATES, default mosaic, the cuDNN path and XLA)
 # whose mosaic rows take the sweep's best settings, passed on in OUT/mosaic_settings.json so
-# that a sweep cut by its limit still hands over the best rows it finished. The second call:
-#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=150 NORM_S=150 LINEAR_S=40 bash benchmarks/gpu_session.sh OUT
+# that a sweep cut by its limit still hands over the best rows it finished. The second call
+# compiles the stop-18 kernels' parity tests (PARITY_K selects tests by pytest's -k), then the
+# norm sweep and the linear crossover at longer T:
+#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=150 PARITY_K="meet or centered or dq_in or pingpong" \
+#     NORM_S=150 LINEAR_S=40 bash benchmarks/gpu_session.sh OUT
 # The sweep times the Mosaic GPU kernels' launch settings and options: ping-pong
 # (mosaic_gpu.PINGPONG) and the ways the dK/dV kernel adds dQ (mosaic_backward.DQ_SHARES:
 # "keys", the default at head dim 64 since stop 17; "columns" at 128 and "alternate" at 64,
 # built in stop 18 and not yet run on a GPU, timed last; "split" keeps the dQ kernel). Its
 # error column checks each against the cuDNN path; the parity part compiles those ways too
-# (test_gradients_with_dq_shares_that_meet).
-# Extra arguments: PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS. To time a GPT
+# (test_gradients_with_dq_shares_that_meet), and LayerNorm's dQ in the dK/dV kernel through
+# centered keys (mosaic_backward.LAYERNORM_DQ, off until that passes).
+# Extra arguments: PARITY_K, PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS. To time a GPT
 # with each attention kernel: MFU_S=300 MFU_ARGS="--sizes 125M --settings
 # bf16,bf16+auto,bf16+mosaic".
 set -u
@@ -46,7 +50,7 @@ if [ "${PARITY_S:-0}" != 0 ]; then
   # -v names every test in the log, so a run cut by its limit still says what passed
   JAX_PLATFORMS=cuda JAXLAB_TEST_KERNELS=pallas JAX_DEFAULT_MATMUL_PRECISION=highest \
     timeout "$PARITY_S" python -m pytest -v -p no:cacheprovider -n 8 --timeout 150 \
-    ${PARITY_ARGS:-} tests/kernels > "$out/parity.txt" 2>&1
+    ${PARITY_K:+-k "$PARITY_K"} ${PARITY_ARGS:-} tests/kernels > "$out/parity.txt" 2>&1
   echo "parity exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/parity.txt" | tail -25
 fi
 

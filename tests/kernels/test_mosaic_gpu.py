@@ -145,6 +145,18 @@ def test_gradients_with_dq_shares_that_meet(monkeypatch, way, d, t, s, heads, qk
     check_gradients(t, s, heads, d, qk_norm, normalizer, causal, jnp.bfloat16, masked)
 
 
+@pytest.mark.parametrize("way,d", [("keys", 64), ("alternate", 64)])
+def test_layernorm_adds_dq_in_the_dkdv_kernel_through_centered_keys(monkeypatch, way, d):
+    """With LAYERNORM_DQ, LayerNorm's dq' share reads k − μ (GQA, softplus, causal, t > s:
+    the shape whose stop-17 LayerNorm share failed compiled); at head dim 128 LayerNorm keeps
+    the dQ kernel."""
+    monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way, 128: "keys"})
+    monkeypatch.setattr(mosaic_backward, "LAYERNORM_DQ", True)
+    assert mosaic_backward.dq_share(d, "layer") == way
+    assert mosaic_backward.dq_share(128, "layer") is None
+    check_gradients(150, 100, (4, 2), d, "layer", "softplus", True, jnp.bfloat16)
+
+
 @pytest.mark.parametrize("way,d", [("columns", 64), ("alternate", 128), ("halves", 64)])
 def test_a_dq_share_the_head_dim_cannot_take_is_refused(monkeypatch, way, d):
     monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
@@ -178,24 +190,28 @@ def lower_for_gpu(fn, *args) -> str:
     (64, None, "softmax", 128, 2, "keys", False),
     (64, "rms", "softplus", 64, 2, "keys", True),
     (128, "rms", "softmax", 128, 2, "columns", True),
-    (64, "rms", "softmax", 128, 2, "alternate", False)])
+    (64, "rms", "softmax", 128, 2, "alternate", False),
+    (64, "layer", "softplus", 128, 2, "alternate", True)])  # with LAYERNORM_DQ
 def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, block_kv, stages,
                                          way, pingpong):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
     (a register operand, wgmma into a live accumulator, a reducing store): only this lowering
     checks it on a CPU. The gradient holds the three Mosaic GPU kernels (forward, dQ, dK/dV),
-    or two where `dq_share` moves dQ into the dK/dV kernel (not for LayerNorm). The
+    or two where `dq_share` moves dQ into the dK/dV kernel (LayerNorm only with
+    LAYERNORM_DQ, on in the last case). The
     lowering also runs Mosaic GPU's shared-memory check, which "alternate" at head dim 128
     fails (`SHARE_WAYS`)."""
     monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
     monkeypatch.setattr(mosaic_gpu, "PINGPONG", pingpong)
+    layernorm_dq = qk_norm == "layer" and way == "alternate"
+    monkeypatch.setattr(mosaic_backward, "LAYERNORM_DQ", layernorm_dq)
     q, k = jnp.ones((2, 300, 4, d), jnp.bfloat16), jnp.ones((2, 520, 2, d), jnp.bfloat16)
     scale = jnp.ones((d,))
     loss = lambda q, k, v, a, b: fused_norm_attention(
         q, k, v, a, b, qk_norm=qk_norm, normalizer=normalizer, causal=True, impl="pallas",
         gpu_kernel="mosaic", block_k=block_kv, num_stages=stages).astype(jnp.float32).sum()
     text = lower_for_gpu(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), q, k, k, scale, scale)
-    fused = way is not None and qk_norm != "layer"
+    fused = way is not None and (qk_norm != "layer" or layernorm_dq)
     assert text.count("@mosaic_gpu") == (2 if fused else 3)
     assert text.count("__gpu$xla.gpu.triton") == 0
 

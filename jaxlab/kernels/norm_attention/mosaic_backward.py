@@ -67,14 +67,24 @@ DQ_SHARES = {64: "keys"}
 # The head dims each way takes: "columns" splits d at a 64-column SMEM tile's edge, and
 # "alternate" at 128 needs 230 KiB of shared memory (over an H100's 227).
 SHARE_WAYS = {"keys": (64, 128), "columns": (128,), "alternate": (64,)}
+# Whether LayerNorm moves dQ into the dK/dV kernel too (see `dq_share`), at head dim 64: at
+# 128 its tile of centered keys takes the shared memory over an H100's 227 KiB. Built in
+# stop 18 and not yet compiled on a GPU, so off.
+LAYERNORM_DQ = False
 
 
 def dq_share(head_dim: int, qk_norm: str | None) -> str | None:
     """How the dK/dV kernel adds dQ (5 tile products per step pair, not 7), or None where the
-    dQ kernel runs. For LayerNorm it would also need each step's dΣq' share, a sum across the
-    score tile's rows stored by a reducing TMA copy of a vector: that passed in the
-    interpreter and failed the compiled parity test (stop 17), so LayerNorm keeps the split."""
-    way = DQ_SHARES.get(head_dim) if DQ_IN_DKDV and qk_norm != "layer" else None
+    dQ kernel runs.
+
+    LayerNorm's logits also reach q' through Σ_d q' (the keys' mean term). Stop 17 added each
+    step's dΣq' share, a sum across the score tile's rows stored by a reducing TMA copy of a
+    vector: it passed in the interpreter and failed the compiled parity test. With
+    LAYERNORM_DQ the share product instead reads centered keys k − μ (a tile the kernel
+    writes once), since s_ij = q'_i · r_j (k_j − μ_j): dq' = (ds ⊙ r)(k − μ) is then the
+    whole gradient and dΣq' is zero."""
+    layer_ok = qk_norm != "layer" or (LAYERNORM_DQ and head_dim == 64)
+    way = DQ_SHARES.get(head_dim) if DQ_IN_DKDV and layer_ok else None
     if way is not None and head_dim not in SHARE_WAYS.get(way, ()):
         valid = [name for name, dims in SHARE_WAYS.items() if head_dim in dims]
         raise ValueError(f"DQ_SHARES[{head_dim}] = {way!r}: at head dim {head_dim} the ways "
@@ -129,7 +139,7 @@ def backward(q, k, v, q_scale, k_scale, key_mask, row_scale, out, stat, dout, *,
     if share is not None:
         dk_heads, dv_heads, dstats, dq_prime = _dkdv(g, *arrays, interpret, share=share)
         dq_prime = dq_prime.astype(q.dtype)
-        dsums = jnp.zeros((b, h, tq), jnp.float32)  # Σq' reaches the logits only in LayerNorm
+        dsums = jnp.zeros((b, h, tq), jnp.float32)  # dq' took LayerNorm's Σq' path too
     else:
         dq_prime, dsums = _dq(g, *arrays, interpret)
         dk_heads, dv_heads, dstats = _dkdv(g, *arrays, interpret)
@@ -268,8 +278,7 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
 
 def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, share: str | None = None):
     """(dk, dv per query head, key-row gradients) and with a `share` way also dq'
-    [b, tq, h, d] float32, summed over the programs' shares (not for LayerNorm, see
-    `dq_share`)."""
+    [b, tq, h, d] float32, summed over the programs' shares (see `dq_share`)."""
     b, tq, h, d, tk = _shapes(q_prime, k)
     with_dq, meet = share is not None, share in ("columns", "alternate")
     share_columns = d // 2 if share == "columns" else d
@@ -288,7 +297,10 @@ def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, share: str | No
             # write the next step's while the other still reads this one's
             plgpu.SMEM((2 if meet else 1, COMPUTE_WARPGROUPS, BLOCK_Q, BLOCK), q_prime.dtype,
                        transforms=mg.tiled(BLOCK, q_prime.dtype)),
-            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK, share_columns), jnp.float32)),  # dq' share
+            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK, share_columns), jnp.float32),  # dq' share
+            # LayerNorm: the centered keys k − μ that the share product reads
+            plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), k.dtype, transforms=mg.tiled(d, k.dtype))
+            if g.qk_norm == "layer" else None),
     )
     barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),  # the key tiles landed
                 *mg.ring_barriers(3, STAGES),
@@ -298,7 +310,6 @@ def _dkdv(g, q_prime, dout, per_query, k, v, per_key, interpret, share: str | No
     if with_dq:
         # A zeroed sum the programs add into. Mosaic GPU's interpreter has no reducing store,
         # so interpreted each (program, warpgroup) writes a slab of its own, summed here.
-        assert g.qk_norm != "layer", "LayerNorm's dΣq' needs the dQ kernel (dq_share)"
         slabs = (tk // BLOCK_Q,) if interpret else ()
         inputs += (jax.new_ref(jnp.zeros((b, *slabs, tq, h, d), jnp.float32)),)
 
@@ -359,14 +370,19 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
         carry = (zeros(k_tile.shape, plgpu.Layout.WGMMA), zeros(v_tile.shape, plgpu.Layout.WGMMA),
                  zeros((BLOCK_Q,), per_row), zeros((BLOCK_Q,), per_row))
         add_dq = None
+        if share is not None:
+            ds_smem, share_smem, centered_smem = dq_smem
+            share_keys = k_smem  # what dq' = (ds ⊙ r) · keys reads
+            if centered_smem is not None:
+                share_keys = centered_smem
+                _center_keys(k_tile, centered_smem.at[wg], rstd, shift)
         if share == "keys":
-            ds_smem, share_smem = dq_smem
             add_dq = functools.partial(_add_dq_share, dq_ref, (ds_smem.at[0, wg],
                                                                share_smem.at[wg]),
-                                       k_tile, (batch, head, wg), interpret)
+                                       share_keys.at[wg], (batch, head, wg), interpret)
         elif share is not None:
-            add_dq = functools.partial(_add_met_dq_share, share, dq_ref, dq_smem, k_smem,
-                                       meeting, (batch, head, wg, lo), interpret)
+            add_dq = functools.partial(_add_met_dq_share, share, dq_ref, (ds_smem, share_smem),
+                                       share_keys, meeting, (batch, head, wg, lo), interpret)
         release = mg.release(readies, free, lo, STAGES)
 
         def skip(j, _):  # a query block none of this warpgroup's keys see
@@ -437,6 +453,15 @@ def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, l
     if add_dq is not None:
         add_dq(j, ds)
     return dk, dv, drstd, dshift
+
+
+def _center_keys(k_tile, centered, rstd, shift):
+    """Write k − μ of this warpgroup's keys into `centered`, μ = (rstd·μ) / rstd per key (0
+    for padding keys, whose rstd is 0)."""
+    mean = jnp.where(rstd > 0, shift / jnp.where(rstd > 0, rstd, 1.0), 0.0)
+    keys = k_tile[...].astype(jnp.float32)
+    centered[...] = (keys - mg.rows(mean, keys.shape)).astype(centered.dtype)
+    plgpu.commit_smem()
 
 
 def _add_dq_share(dq_ref, dq_smem, k_tile, where, interpret, j, ds):
