@@ -369,20 +369,21 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
         per_row = plgpu.Layout.WGMMA.reduce(1)
         carry = (zeros(k_tile.shape, plgpu.Layout.WGMMA), zeros(v_tile.shape, plgpu.Layout.WGMMA),
                  zeros((BLOCK_Q,), per_row), zeros((BLOCK_Q,), per_row))
-        add_dq = None
+        add_dq = None  # what adds a step's dq' share, with a share way
         if share is not None:
             ds_smem, share_smem, centered_smem = dq_smem
-            share_keys = k_smem  # what dq' = (ds ⊙ r) · keys reads
+            share_keys = k_smem  # the keys dq' = (ds ⊙ r) · keys reads
             if centered_smem is not None:
                 share_keys = centered_smem
                 _center_keys(k_tile, centered_smem.at[wg], rstd, shift)
-        if share == "keys":
-            add_dq = functools.partial(_add_dq_share, dq_ref, (ds_smem.at[0, wg],
-                                                               share_smem.at[wg]),
-                                       share_keys.at[wg], (batch, head, wg), interpret)
-        elif share is not None:
-            add_dq = functools.partial(_add_met_dq_share, share, dq_ref, (ds_smem, share_smem),
-                                       share_keys, meeting, (batch, head, wg, lo), interpret)
+            if share == "keys":
+                add_dq = functools.partial(_add_dq_share, dq_ref, (ds_smem.at[0, wg],
+                                                                   share_smem.at[wg]),
+                                           share_keys.at[wg], (batch, head, wg), interpret)
+            else:
+                add_dq = functools.partial(_add_met_dq_share, share, dq_ref,
+                                           (ds_smem, share_smem), share_keys, meeting,
+                                           (batch, head, wg, lo), interpret)
         release = mg.release(readies, free, lo, STAGES)
 
         def skip(j, _):  # a query block none of this warpgroup's keys see
