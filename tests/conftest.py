@@ -8,7 +8,7 @@ os.environ.setdefault("JAXLAB_DISTRIBUTED", "0")
 # and their host callbacks (barrier waits among them) share the CPU client's thread pool,
 # NPROC threads (default: the cores). On a 2-core machine a kernel whose warpgroups wait on
 # one another could block every pool thread and hang: with NPROC=1 every Mosaic GPU
-# backward did, with 2 about one run in five of the ones whose warpgroups meet in SMEM.
+# backward did; with 2, 3 of 8 benchmark runs of the ones whose warpgroups meet in SMEM.
 os.environ.setdefault("NPROC", "8")
 # Tests compile many identical programs (the smoke GPT's train and eval steps recur across the
 # experiments and the resume tests); XLA's persistent cache, shared by the xdist workers,
