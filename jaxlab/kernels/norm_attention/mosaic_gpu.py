@@ -307,19 +307,17 @@ def take_turn(schedule):
 def product(a, b, shape, while_running=None):
     """a @ b into a fresh float32 accumulator of `shape`; a and b SMEM refs (b may be a
     transposed view). while_running() runs after the product is issued, before its wait."""
-    def run(acc_ref):
-        plgpu.wgmma(acc_ref, a, b)
-        if while_running is not None:
-            while_running()
-        return acc_ref[...]
-    return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+    return products([(a, b)], shape, while_running)
 
 
-def products(pairs, shape):
-    """Σ a @ b over (a, b) SMEM ref pairs, into one fresh float32 accumulator of `shape`."""
+def products(pairs, shape, while_running=None):
+    """Σ a @ b over (a, b) SMEM ref pairs, into one fresh float32 accumulator of `shape`
+    (see `product`)."""
     def run(acc_ref):
         for a, b in pairs:
             plgpu.wgmma(acc_ref, a, b)
+        if while_running is not None:
+            while_running()
         return acc_ref[...]
     return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
