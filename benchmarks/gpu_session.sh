@@ -15,9 +15,11 @@
 # whose mosaic rows take the sweep's best settings, passed on in OUT/mosaic_settings.json so
 # that a sweep cut by its limit still hands over the best rows it finished. The second call
 # compiles the stop-18 kernels' parity tests (PARITY_K selects tests by pytest's -k), then the
-# norm sweep and the linear crossover at longer T:
-#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=150 PARITY_K="meet or centered or dq_in or pingpong" \
-#     NORM_S=150 LINEAR_S=40 bash benchmarks/gpu_session.sh OUT
+# norm sweep (about 60 s per shape, widest rows first):
+#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=100 PARITY_K="meet or centered or dq_in or pingpong" \
+#     NORM_S=150 bash benchmarks/gpu_session.sh OUT
+# A session has 900 s of device time, starts included: run the second call at once, while the
+# machine is still warm (it goes back after 30 s idle), with timeout_s of what is left.
 # The sweep times the Mosaic GPU kernels' launch settings and options: ping-pong
 # (mosaic_gpu.PINGPONG) and the ways the dK/dV kernel adds dQ (mosaic_backward.DQ_SHARES:
 # "keys", the default at head dim 64 since stop 17; "columns" at 128 and "alternate" at 64,

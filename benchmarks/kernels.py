@@ -111,13 +111,13 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
 
 # Mosaic GPU launch settings: the forward's (keys per step, ring slots, ping-pong), the
 # backward's (keys per dQ step = queries per dK/dV step, ring slots, how the dK/dV kernel
-# adds dQ: a way of mosaic_backward.SHARE_WAYS, or None for the dQ kernel). Stop 17's H100
+# adds dQ: a way of mosaic_backward.SHARE_WAYS, "split" for the dQ kernel). Stop 17's H100
 # sweeps: forward 128 keys best, ping-pong 1.09× at d=64; backward 64 × 2, with dQ in
 # dK/dV by "keys" 1.22× at d=64 (0.50× at 128); a backward block of 128 ran at half the
 # speed. A way a head dim does not take is left out of its rows.
 MOSAIC_FORWARD = [(64, 2, False), (128, 2, False), (128, 3, False), (64, 2, True),
                   (128, 2, True), (128, 3, True)]
-MOSAIC_BACKWARD = [(64, 2, None), (64, 2, "keys"), (64, 3, "keys"), (64, 2, "columns"),
+MOSAIC_BACKWARD = [(64, 2, "split"), (64, 2, "keys"), (64, 3, "keys"), (64, 2, "columns"),
                    (64, 2, "alternate")]
 # Settings never yet run on a GPU, timed after all others: if one hangs, the part's time limit
 # (gpu_session.sh) ends the sweep having lost only them.
@@ -129,7 +129,7 @@ def mosaic_sweep_order(d: int):
     backward settings, forward ones (ping-pong last), then UNPROVEN; backward ways the head
     dim does not take (mosaic_backward.SHARE_WAYS) are left out."""
     rows = [("bwd", setting) for setting in MOSAIC_BACKWARD
-            if setting[2] is None or d in mosaic_backward.SHARE_WAYS[setting[2]]]
+            if d in mosaic_backward.SHARE_WAYS[setting[2]]]
     rows += [("fwd", setting) for setting in sorted(MOSAIC_FORWARD, key=lambda s: s[2])]
     return sorted(rows, key=lambda row: row in UNPROVEN)
 
@@ -137,8 +137,7 @@ def mosaic_sweep_order(d: int):
 def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
     """Yields ((pass, setting), (TFLOP/s, relative error against the cuDNN path) or a
     failure) for the Mosaic GPU kernels as each is measured, in mosaic_sweep_order: a
-    backward setting timed as fwd+bwd minus the default forward, a forward one forward only.
-    The setting's name for the dQ kernel is "split"."""
+    backward setting timed as fwd+bwd minus the default forward, a forward one forward only."""
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
@@ -153,13 +152,10 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
     f = jax.jit(attend())
     # The settings are module constants read when a kernel is traced: patch them around it.
     for part, setting in mosaic_sweep_order(d):
-        name = setting
         try:
             if part == "bwd":
-                block, stages, way = setting
-                name = (block, stages, way or "split")
                 g = fwd_bwd(attend())
-                with mosaic_settings({"bwd": name}, d):
+                with mosaic_settings({"bwd": setting}, d):
                     times = interleaved({"fwd": lambda: f(q, k, v),
                                          "fwd+bwd": lambda: g(q, k, v)}, rounds)
                 bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
@@ -171,7 +167,7 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
                 cell = flops_fwd / seconds / 1e12, relative_error(forward(q, k, v), want[0])
         except Exception as error:
             cell = failure(error)
-        yield (part, name), cell
+        yield (part, setting), cell
 
 
 def best_mosaic_settings(rows) -> dict:
@@ -214,10 +210,8 @@ def mosaic_settings(settings: dict, d: int):
             stack.enter_context(mock.patch.object(mosaic_gpu, "PINGPONG", pingpong))
         if "bwd" in settings:
             block, stages, way = settings["bwd"]
-            way = None if way == "split" else way
             stack.enter_context(mock.patch.multiple(
-                mosaic_backward, BLOCK=block, STAGES=stages, DQ_IN_DKDV=way is not None,
-                DQ_SHARES={d: way}))
+                mosaic_backward, BLOCK=block, STAGES=stages, DQ_SHARES={d: way}))
         yield tiles
 
 
@@ -415,8 +409,9 @@ def main():
                 print(f"  d={d:4d} T={t:6d} {name:15s} {cells}", flush=True)
     print("\nfused RMSNorm + residual, GB/s (forward: x, r in, y, h out; backward: h, dy, dh in,"
           " dx out); the copy reads and writes x")
-    # 512 MiB per array: large enough that dispatch (tens of µs) does not bound the time
-    norm_shapes = [(64, 32)] if args.smoke else [(262144, 1024), (131072, 2048), (65536, 4096)]
+    # 512 MiB per array: large enough that dispatch (tens of µs) does not bound the time. The
+    # widest rows first: their backward ran at 14% of copy (stop 14), the sweep's main question.
+    norm_shapes = [(64, 32)] if args.smoke else [(65536, 4096), (262144, 1024), (131072, 2048)]
     for n, d in (norm_shapes if "norm" in parts else []):
         rates = bench_norm(n, d, dtype, impl, rounds, sweep="normsweep" in parts)
         print(f"  {n}x{d}: copy {rates['copy']:.0f}")

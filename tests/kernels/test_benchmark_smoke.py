@@ -53,7 +53,7 @@ def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_p
     from benchmarks import kernels
     for d, way, absent in ((64, "alternate", "columns"), (128, "columns", "alternate")):
         order = kernels.mosaic_sweep_order(d)
-        assert order[-1] == ("bwd", (64, 2, way)) and order[0] == ("bwd", (64, 2, None))
+        assert order[-1] == ("bwd", (64, 2, way)) and order[0] == ("bwd", (64, 2, "split"))
         assert ("bwd", (64, 2, absent)) not in order
         assert [part for part, _ in order[:-1]] == ["bwd"] * 3 + ["fwd"] * 6
     path = str(tmp_path / "best.json")

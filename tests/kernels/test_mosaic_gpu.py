@@ -160,9 +160,9 @@ def test_layernorm_adds_dq_in_the_dkdv_kernel_through_centered_keys(monkeypatch,
 @pytest.mark.parametrize("way,d", [("columns", 64), ("alternate", 128), ("halves", 64)])
 def test_a_dq_share_the_head_dim_cannot_take_is_refused(monkeypatch, way, d):
     monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
-    with pytest.raises(ValueError, match=rf"DQ_SHARES\[{d}\] = '{way}': at head dim {d}"):
-        mosaic_backward.dq_share(d, "rms")
-    assert mosaic_backward.dq_share(d, "layer") is None  # LayerNorm keeps the dQ kernel
+    for qk_norm in ("rms", "layer"):  # also where LayerNorm would keep the dQ kernel
+        with pytest.raises(ValueError, match=rf"DQ_SHARES\[{d}\] = '{way}': at head dim {d}"):
+            mosaic_backward.dq_share(d, qk_norm)
 
 
 @settings(max_examples=4, deadline=None, derandomize=True)
@@ -184,9 +184,9 @@ def lower_for_gpu(fn, *args) -> str:
 
 
 @pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,way,pingpong", [
-    (128, "rms", "softmax", 128, 2, None, False),
+    (128, "rms", "softmax", 128, 2, "split", False),
     (64, "layer", "softplus", 64, 3, "keys", False),    # LayerNorm keeps the dQ kernel
-    (128, None, "softmax", 64, 2, None, True),          # so does head dim 128 by default
+    (128, None, "softmax", 64, 2, "split", True),       # so does "split"
     (64, None, "softmax", 128, 2, "keys", False),
     (64, "rms", "softplus", 64, 2, "keys", True),
     (128, "rms", "softmax", 128, 2, "columns", True),
@@ -211,7 +211,7 @@ def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, bl
         q, k, v, a, b, qk_norm=qk_norm, normalizer=normalizer, causal=True, impl="pallas",
         gpu_kernel="mosaic", block_k=block_kv, num_stages=stages).astype(jnp.float32).sum()
     text = lower_for_gpu(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), q, k, k, scale, scale)
-    fused = way is not None and (qk_norm != "layer" or layernorm_dq)
+    fused = way != "split" and (qk_norm != "layer" or layernorm_dq)
     assert text.count("@mosaic_gpu") == (2 if fused else 3)
     assert text.count("__gpu$xla.gpu.triton") == 0
 

@@ -59,14 +59,12 @@ from jaxlab.kernels.norm_attention.reference import head_norm
 BLOCK = 64          # keys per dQ step, queries per dK/dV step
 STAGES = 2
 LN2 = math.log(2.0)
-# Whether `dq_share` may move dQ into the dK/dV kernel (benchmarks turn it off to compare).
-DQ_IN_DKDV = True
-# How the dK/dV kernel adds its dq' shares, per head dim (see the module's docstring); a head
-# dim not named keeps the dQ kernel.
+# How the dK/dV kernel adds its dq' shares, per head dim (see the module's docstring);
+# "split", or a head dim not named, keeps the dQ kernel.
 DQ_SHARES = {64: "keys"}
 # The head dims each way takes: "columns" splits d at a 64-column SMEM tile's edge, and
 # "alternate" at 128 needs 230 KiB of shared memory (over an H100's 227).
-SHARE_WAYS = {"keys": (64, 128), "columns": (128,), "alternate": (64,)}
+SHARE_WAYS = {"split": (64, 128), "keys": (64, 128), "columns": (128,), "alternate": (64,)}
 # Whether LayerNorm moves dQ into the dK/dV kernel too (see `dq_share`), at head dim 64: at
 # 128 its tile of centered keys takes the shared memory over an H100's 227 KiB. Built in
 # stop 18 and not yet compiled on a GPU, so off.
@@ -83,13 +81,13 @@ def dq_share(head_dim: int, qk_norm: str | None) -> str | None:
     LAYERNORM_DQ the share product instead reads centered keys k − μ (a tile the kernel
     writes once), since s_ij = q'_i · r_j (k_j − μ_j): dq' = (ds ⊙ r)(k − μ) is then the
     whole gradient and dΣq' is zero."""
-    layer_ok = qk_norm != "layer" or (LAYERNORM_DQ and head_dim == 64)
-    way = DQ_SHARES.get(head_dim) if DQ_IN_DKDV and layer_ok else None
-    if way is not None and head_dim not in SHARE_WAYS.get(way, ()):
+    way = DQ_SHARES.get(head_dim, "split")
+    if head_dim not in SHARE_WAYS.get(way, ()):
         valid = [name for name, dims in SHARE_WAYS.items() if head_dim in dims]
         raise ValueError(f"DQ_SHARES[{head_dim}] = {way!r}: at head dim {head_dim} the ways "
                          f"are {valid}")
-    return way
+    layer_ok = qk_norm != "layer" or (LAYERNORM_DQ and head_dim == 64)
+    return None if way == "split" or not layer_ok else way
 
 
 
