@@ -85,6 +85,10 @@ def damage(step_dir: pathlib.Path) -> None:
             path.write_bytes(path.read_bytes()[:7])
 
 
+# Orbax's failed restore of the damaged step leaves reads in flight whose completion callbacks,
+# on Python 3.11, find asyncio.run's loop already closed ("Event loop is closed", ignored): its
+# cleanup, not ours, and harmless to the restore of the step before.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path):
     workdir = tmp_path / "w"
     config = config_lib.load(COPY)
