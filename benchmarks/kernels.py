@@ -109,28 +109,31 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
     return results, best(0), best(1)
 
 
-# Mosaic GPU launch settings: the forward's (keys per step, ring slots, ping-pong), the
+# Mosaic GPU launch settings: the forward's (keys per step, ring slots, ping-pong, compute
+# warpgroups: mosaic_gpu.FORWARD_WARPGROUPS; three run without ping-pong), the
 # backward's (keys per dQ step = queries per dK/dV step, ring slots, how the dK/dV kernel
 # adds dQ: a way of mosaic_backward.SHARE_WAYS, "split" for the dQ kernel). Stop 17's H100
 # sweeps: forward 128 keys best, ping-pong 1.09× at d=64; backward 64 × 2, with dQ in
 # dK/dV by "keys" 1.22× at d=64 (0.50× at 128); a backward block of 128 ran at half the
 # speed. A way a head dim does not take is left out of its rows.
-MOSAIC_FORWARD = [(64, 2, False), (128, 2, False), (128, 3, False), (64, 2, True),
-                  (128, 2, True), (128, 3, True)]
+MOSAIC_FORWARD = [(64, 2, False, 2), (128, 2, False, 2), (128, 3, False, 2), (64, 2, True, 2),
+                  (128, 2, True, 2), (128, 3, True, 2), (128, 2, False, 3), (128, 3, False, 3)]
 MOSAIC_BACKWARD = [(64, 2, "split"), (64, 2, "keys"), (64, 3, "keys"), (64, 2, "columns"),
                    (64, 2, "alternate")]
 # Settings never yet run on a GPU, timed after all others: if one hangs, the part's time limit
 # (gpu_session.sh) ends the sweep having lost only them.
-UNPROVEN = {("bwd", (64, 2, "columns")), ("bwd", (64, 2, "alternate"))}
+UNPROVEN = {("bwd", (64, 2, "columns")), ("bwd", (64, 2, "alternate")),
+            ("fwd", (128, 2, False, 3)), ("fwd", (128, 3, False, 3))}
 
 
 def mosaic_sweep_order(d: int):
     """bench_mosaic's (pass, setting) rows for head dim d, in the order they are timed:
-    backward settings, forward ones (ping-pong last), then UNPROVEN; backward ways the head
-    dim does not take (mosaic_backward.SHARE_WAYS) are left out."""
+    backward settings, forward ones (ping-pong last), then UNPROVEN; settings the head dim
+    does not take (mosaic_backward.SHARE_WAYS, mosaic_gpu.WARPGROUP_HEAD_DIMS) are left out."""
     rows = [("bwd", setting) for setting in MOSAIC_BACKWARD
             if d in mosaic_backward.SHARE_WAYS[setting[2]]]
-    rows += [("fwd", setting) for setting in sorted(MOSAIC_FORWARD, key=lambda s: s[2])]
+    rows += [("fwd", setting) for setting in sorted(MOSAIC_FORWARD, key=lambda s: s[2])
+             if d in mosaic_gpu.WARPGROUP_HEAD_DIMS[setting[3]]]
     return sorted(rows, key=lambda row: row in UNPROVEN)
 
 
@@ -205,9 +208,10 @@ def mosaic_settings(settings: dict, d: int):
     with contextlib.ExitStack() as stack:
         tiles = {}
         if "fwd" in settings:
-            block_k, stages, pingpong = settings["fwd"]
+            block_k, stages, pingpong, warpgroups = settings["fwd"]
             tiles = dict(block_k=block_k, num_stages=stages)
-            stack.enter_context(mock.patch.object(mosaic_gpu, "PINGPONG", pingpong))
+            stack.enter_context(mock.patch.multiple(
+                mosaic_gpu, PINGPONG=pingpong, FORWARD_WARPGROUPS={d: warpgroups}))
         if "bwd" in settings:
             block, stages, way = settings["bwd"]
             stack.enter_context(mock.patch.multiple(
@@ -380,7 +384,7 @@ def main():
     if "mosaicsweep" in parts and jax.default_backend() == "gpu":
         sweep_t = args.sweep_length
         print(f"\nMosaic GPU norm-attention TFLOP/s by setting, T={sweep_t}: forward (block_k, "
-              "stages, ping-pong), backward (block, stages, how dQ is added; split: the dQ "
+              "stages, ping-pong, warpgroups), backward (block, stages, how dQ is added; split: the dQ "
               "kernel); error against the cuDNN path")
         for d in head_dims:
             b, h = max(1, 16384 // sweep_t), 16 if d == 64 else 8

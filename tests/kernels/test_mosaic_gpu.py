@@ -82,6 +82,26 @@ def test_forward_without_pingpong(monkeypatch, t, s, heads, d, qk_norm, normaliz
     test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, 64)
 
 
+@pytest.mark.parametrize("t,s,heads,qk_norm,normalizer,causal,block_kv", [
+    (300, 520, (2, 1), "rms", "softmax", True, 128),     # ragged: the last program half empty
+    (256, 128, (2, 2), "layer", "softplus", True, 64),   # t > s: the warpgroups see 0, 1, 2
+    (192, 333, (4, 2), None, "softmax", False, 64),
+])
+def test_forward_with_three_warpgroups(monkeypatch, t, s, heads, qk_norm, normalizer, causal,
+                                       block_kv):
+    """FORWARD_WARPGROUPS 3 at head dim 64: 192 queries per program, no ping-pong (its turns
+    pair two warpgroups, so a third would hang the kernel, in the interpreter too)."""
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {64: 3})
+    test_forward_and_statistic(t, s, heads, 64, qk_norm, normalizer, causal, block_kv)
+
+
+@pytest.mark.parametrize("warpgroups,d", [(3, 128), (4, 64), (1, 64)])
+def test_forward_warpgroups_the_head_dim_cannot_take_are_refused(monkeypatch, warpgroups, d):
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {d: warpgroups})
+    with pytest.raises(ValueError, match=rf"FORWARD_WARPGROUPS\[{d}\] = {warpgroups}: "):
+        mosaic_gpu.forward_warpgroups(d)
+
+
 def check_gradients(t, s, heads, d, qk_norm, normalizer, causal, dtype, masked=False,
                     length_scale=False):
     # Uneven gains: LayerNorm's Σ_d q' (and so the keys' mean term) is 0 when they are even.
@@ -183,17 +203,19 @@ def lower_for_gpu(fn, *args) -> str:
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,way,pingpong", [
-    (128, "rms", "softmax", 128, 2, "split", False),
-    (64, "layer", "softplus", 64, 3, "keys", False),    # LayerNorm keeps the dQ kernel
-    (128, None, "softmax", 64, 2, "split", True),       # so does "split"
-    (64, None, "softmax", 128, 2, "keys", False),
-    (64, "rms", "softplus", 64, 2, "keys", True),
-    (128, "rms", "softmax", 128, 2, "columns", True),
-    (64, "rms", "softmax", 128, 2, "alternate", False),
-    (64, "layer", "softplus", 128, 2, "alternate", True)])  # with LAYERNORM_DQ
+@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,way,pingpong,warpgroups", [
+    (128, "rms", "softmax", 128, 2, "split", False, 2),
+    (64, "layer", "softplus", 64, 3, "keys", False, 2),    # LayerNorm keeps the dQ kernel
+    (128, None, "softmax", 64, 2, "split", True, 2),       # so does "split"
+    (64, None, "softmax", 128, 2, "keys", False, 2),
+    (64, "rms", "softplus", 64, 2, "keys", True, 2),
+    (128, "rms", "softmax", 128, 2, "columns", True, 2),
+    (64, "rms", "softmax", 128, 2, "alternate", False, 2),
+    (64, "layer", "softplus", 128, 2, "alternate", True, 2),  # with LAYERNORM_DQ
+    (64, "rms", "softmax", 128, 3, "keys", True, 3),        # three forward warpgroups
+    (64, "layer", "softplus", 64, 2, "split", False, 3)])
 def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, block_kv, stages,
-                                         way, pingpong):
+                                         way, pingpong, warpgroups):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
     (a register operand, wgmma into a live accumulator, a reducing store): only this lowering
     checks it on a CPU. The gradient holds the three Mosaic GPU kernels (forward, dQ, dK/dV),
@@ -203,6 +225,7 @@ def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, bl
     fails (`SHARE_WAYS`)."""
     monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
     monkeypatch.setattr(mosaic_gpu, "PINGPONG", pingpong)
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {d: warpgroups})
     layernorm_dq = qk_norm == "layer" and way == "alternate"
     monkeypatch.setattr(mosaic_backward, "LAYERNORM_DQ", layernorm_dq)
     q, k = jnp.ones((2, 300, 4, d), jnp.bfloat16), jnp.ones((2, 520, 2, d), jnp.bfloat16)

@@ -192,7 +192,7 @@ def _dq_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dq_ref, d
 
     @pl.when(wg < COMPUTE_WARPGROUPS)
     def _compute():
-        plgpu.set_max_registers(232, action="increase")
+        plgpu.set_max_registers(mg.REGISTERS[COMPUTE_WARPGROUPS][0], action="increase")
         q_first = program_first + wg * BLOCK_Q
         rows_here = pl.ds(q_first, BLOCK_Q)
         q_tile, do_tile, rowvals = q_smem.at[wg], do_smem.at[wg], rowval_smem.at[wg]
@@ -219,7 +219,7 @@ def _dq_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dq_ref, d
 
     @pl.when(wg == COMPUTE_WARPGROUPS)
     def _memory():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(mg.REGISTERS[COMPUTE_WARPGROUPS][1], action="decrease")
         kv_head = lax.div(head, jnp.int32(g.group))
         keys = lambda j: (batch, pl.ds(j * BLOCK, BLOCK), kv_head)
         mg.produce([(lambda j: k_ref.at[keys(j)], k_smem, k_ready),
@@ -352,7 +352,7 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
 
     @pl.when(wg < COMPUTE_WARPGROUPS)
     def _compute():
-        plgpu.set_max_registers(232, action="increase")
+        plgpu.set_max_registers(mg.REGISTERS[COMPUTE_WARPGROUPS][0], action="increase")
         k_first = program_first + wg * BLOCK_Q
         keys_here = pl.ds(k_first, BLOCK_Q)
         kv_head = lax.div(head, jnp.int32(g.group))
@@ -409,7 +409,7 @@ def _dkdv_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, *refs,
 
     @pl.when(wg == COMPUTE_WARPGROUPS)
     def _memory():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(mg.REGISTERS[COMPUTE_WARPGROUPS][1], action="decrease")
         queries = lambda j: (batch, pl.ds(j * BLOCK, BLOCK), head)
         mg.produce([(lambda j: q_ref.at[queries(j)], q_smem, q_ready),
                     (lambda j: do_ref.at[queries(j)], do_smem, do_ready),

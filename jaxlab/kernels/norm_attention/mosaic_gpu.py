@@ -9,6 +9,7 @@ value and key-statistic blocks into a ring of `stages` SMEM slots (`produce`). "
 barriers tell the compute warpgroups a slot has landed; a "free" barrier, one arrival per
 compute warpgroup, tells the memory warpgroup it may overwrite it. With PINGPONG a third
 barrier makes the compute warpgroups alternate on the tensor cores (`take_turn`).
+FORWARD_WARPGROUPS may give the forward three compute warpgroups (192 queries) instead.
 
 The norms stay fused without rewriting k per query block. Each compute warpgroup normalizes
 its q tile once, in registers, and folds into it everything that multiplies a logit along
@@ -52,8 +53,18 @@ except ImportError:
     plgpu = None
 
 BLOCK_Q = 64            # query rows per compute warpgroup: a wgmma's height
-COMPUTE_WARPGROUPS = 2
+COMPUTE_WARPGROUPS = 2  # the backward's, and the forward's unless FORWARD_WARPGROUPS says
 ROWS_PER_PROGRAM = BLOCK_Q * COMPUTE_WARPGROUPS
+# The forward's compute warpgroups per head dim. Three (192 query rows per program, as
+# FlashAttention-3 runs head dim 64) share each key block among 1.5× the rows and keep more
+# products in flight; they run without ping-pong, whose turns pair two warpgroups. At head dim
+# 128 their [64, 128] float32 output and score tiles would not fit the 160 registers each gets.
+# Built in stop 19 and not yet run on a GPU, so not the default.
+FORWARD_WARPGROUPS = {64: 2, 128: 2}
+WARPGROUP_HEAD_DIMS = {2: (64, 128), 3: (64,)}  # the head dims each count takes
+# Registers per thread (compute warpgroup, memory warpgroup) by compute warpgroups: an SM's
+# 64K spread over the program's threads, most to the warpgroups that hold the tiles.
+REGISTERS = {2: (232, 40), 3: (160, 24)}
 LOG2_E = 1.4426950408889634
 NEG = -1e30             # a finite "minus infinity", as in pallas.py
 FORWARD_BLOCK_K = 128   # keys per forward step: two stages of them fit in SMEM at head dim 128
@@ -64,10 +75,22 @@ KEY_ROWS = 3            # per key: rstd, rstd·μ, 1 if it may be seen else 0
 PINGPONG = True
 
 
-def smem_bytes(head_dim: int, block_kv: int, stages: int, itemsize: int = 2) -> int:
-    """About the shared memory one program holds (the buffers; barriers are a few bytes)."""
-    tiles = (COMPUTE_WARPGROUPS * BLOCK_Q + 2 * stages * block_kv) * head_dim * itemsize
-    vectors = stages * KEY_ROWS * block_kv + COMPUTE_WARPGROUPS * (head_dim + 2 * BLOCK_Q)
+def forward_warpgroups(head_dim: int) -> int:
+    """The forward's compute warpgroups at this head dim (FORWARD_WARPGROUPS)."""
+    warpgroups = FORWARD_WARPGROUPS.get(head_dim, COMPUTE_WARPGROUPS)
+    if head_dim not in WARPGROUP_HEAD_DIMS.get(warpgroups, ()):
+        valid = [count for count, dims in WARPGROUP_HEAD_DIMS.items() if head_dim in dims]
+        raise ValueError(f"FORWARD_WARPGROUPS[{head_dim}] = {warpgroups!r}: at head dim "
+                         f"{head_dim} the forward runs {valid} compute warpgroups")
+    return warpgroups
+
+
+def smem_bytes(head_dim: int, block_kv: int, stages: int, itemsize: int = 2,
+               warpgroups: int = COMPUTE_WARPGROUPS) -> int:
+    """About the shared memory one forward program holds (the buffers; barriers are a few
+    bytes)."""
+    tiles = (warpgroups * BLOCK_Q + 2 * stages * block_kv) * head_dim * itemsize
+    vectors = stages * KEY_ROWS * block_kv + warpgroups * (head_dim + 2 * BLOCK_Q)
     return tiles + 4 * vectors
 
 
@@ -89,10 +112,10 @@ def unsupported(q, k, block_kv: int = FORWARD_BLOCK_K, stages: int = 2) -> str |
         return f"block_kv must be a multiple of 64 up to 256, got {block_kv}"
     if stages < 2:
         return f"stages must be at least 2, got {stages}"
-    if smem_bytes(d, block_kv, stages) > SMEM_BUDGET:
+    needs = smem_bytes(d, block_kv, stages, warpgroups=forward_warpgroups(d))
+    if needs > SMEM_BUDGET:
         return (f"block_kv {block_kv} with {stages} stages at head dim {d} needs "
-                f"{smem_bytes(d, block_kv, stages) // 1024} KiB of shared memory, over "
-                f"{SMEM_BUDGET // 1024} KiB")
+                f"{needs // 1024} KiB of shared memory, over {SMEM_BUDGET // 1024} KiB")
     return None
 
 
@@ -141,40 +164,41 @@ def forward(q, k, v, q_scale, k_scale, key_mask=None, row_scale=None, *,
     e.g. LSSA's length scale) or None -> (o [b, t, h, d], statistic [b, h, t] float32)."""
     b, t, h, d = q.shape
     s_len, h_kv = k.shape[1], k.shape[2]
+    w = forward_warpgroups(d)
     g = geometry(q, k, qk_norm=qk_norm, normalizer=normalizer, causal=causal,
                  sm_scale=sm_scale, eps=eps, block_k=block_kv, stages=stages,
                  key_masked=key_mask is not None)
     gain = logit_gain(d, q_scale, k_scale, qk_norm=qk_norm, normalizer=normalizer,
                       sm_scale=sm_scale)
-    q = pad_rows(q, ROWS_PER_PROGRAM)
+    q = pad_rows(q, w * BLOCK_Q)
     tq = q.shape[1]
     row_scale = padded_row_scale(row_scale, b, t, tq)
     k_p, v = pad_rows(k, block_kv), pad_rows(v, block_kv)
     stats = key_rows(*key_stats(k, qk_norm, eps), key_mask, k_p.shape[1])
     scratch = (
-        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, d), q.dtype, transforms=tiled(d, q.dtype)),
+        plgpu.SMEM((w, BLOCK_Q, d), q.dtype, transforms=tiled(d, q.dtype)),
         plgpu.SMEM((stages, block_kv, d), k.dtype, transforms=tiled(d, k.dtype)),
         plgpu.SMEM((stages, block_kv, d), v.dtype, transforms=tiled(d, v.dtype)),
         plgpu.SMEM((stages, KEY_ROWS, block_kv), jnp.float32),                     # key rows
-        plgpu.SMEM((COMPUTE_WARPGROUPS, d), jnp.float32),                           # gain
-        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q), jnp.float32),                     # row scale
-        plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q), jnp.float32),                     # statistic
-        staging(block_kv, q.dtype, interpret),
+        plgpu.SMEM((w, d), jnp.float32),                                            # gain
+        plgpu.SMEM((w, BLOCK_Q), jnp.float32),                                      # row scale
+        plgpu.SMEM((w, BLOCK_Q), jnp.float32),                                      # statistic
+        staging(block_kv, q.dtype, interpret, w),
     )
-    barriers = (plgpu.Barrier(num_barriers=COMPUTE_WARPGROUPS),   # q, gain, row scale landed
-                *ring_barriers(3, stages),                        # k, its rows, v; free
+    barriers = (plgpu.Barrier(num_barriers=w),     # q, gain, row scale landed
+                *ring_barriers(3, stages, w),      # k, its rows, v; free
                 # the turns: each compute warpgroup arrives, then waits for the other
-                plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS) if PINGPONG else None)
+                plgpu.Barrier(num_arrivals=w) if PINGPONG and w == 2 else None)
 
     def entry(q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref):
         pl.run_scoped(lambda smem, bars: _forward_program(
-            g, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref, *smem,
-            *bars), scratch, barriers, collective_axes="wg")
+            g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref,
+            *smem, *bars), scratch, barriers, collective_axes="wg")
 
     o, stat = launch(entry, (jax.ShapeDtypeStruct(q.shape, q.dtype),
                              jax.ShapeDtypeStruct((b, h, tq), jnp.float32)),
-                     (h, tq // ROWS_PER_PROGRAM, b), interpret)(q, k_p, v, stats, gain,
-                                                                 row_scale)
+                     (h, tq // (w * BLOCK_Q), b), interpret, w)(q, k_p, v, stats, gain,
+                                                                row_scale)
     return o[:, :t], stat[:, :, :t]
 
 
@@ -212,14 +236,14 @@ def pad_rows(x, multiple: int):
     return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
 
 
-def launch(entry, out_type, grid, interpret: bool):
-    """entry as a Mosaic GPU kernel of COMPUTE_WARPGROUPS + 1 warpgroups over grid
-    (query heads, row blocks, batch); interpreted on request."""
+def launch(entry, out_type, grid, interpret: bool, warpgroups: int = COMPUTE_WARPGROUPS):
+    """entry as a Mosaic GPU kernel of `warpgroups` compute warpgroups and a memory one over
+    grid (query heads, row blocks, batch); interpreted on request."""
     params = dict(interpret=plgpu.InterpretGPUParams()) if interpret else dict(
         compiler_params=plgpu.CompilerParams(approx_math=True))
     return plgpu.kernel(entry, out_type=out_type, grid=grid,
                         grid_names=("heads", "blocks", "batch"),
-                        num_threads=COMPUTE_WARPGROUPS + 1, thread_name="wg", **params)
+                        num_threads=warpgroups + 1, thread_name="wg", **params)
 
 
 def tiled(row_length: int, dtype):
@@ -230,19 +254,19 @@ def tiled(row_length: int, dtype):
             plgpu.SwizzleTransform(swizzle))
 
 
-def staging(columns: int, dtype, interpret: bool):
+def staging(columns: int, dtype, interpret: bool, warpgroups: int = COMPUTE_WARPGROUPS):
     """SMEM for the interpreter's register-operand products (see `accumulate`), else None."""
     if not interpret:
         return None
-    return plgpu.SMEM((COMPUTE_WARPGROUPS, BLOCK_Q, columns), dtype,
+    return plgpu.SMEM((warpgroups, BLOCK_Q, columns), dtype,
                       transforms=tiled(columns, dtype))
 
 
-def ring_barriers(sources: int, stages: int):
+def ring_barriers(sources: int, stages: int, warpgroups: int = COMPUTE_WARPGROUPS):
     """A "ready" barrier per source and slot (each copy arrives once, with its bytes), then
     one "free" barrier per slot that every compute warpgroup arrives at."""
     return (*(plgpu.Barrier(num_barriers=stages) for _ in range(sources)),
-            plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS, num_barriers=stages))
+            plgpu.Barrier(num_arrivals=warpgroups, num_barriers=stages))
 
 
 def produce(sources, free, lo, hi, stages: int, total: int):
@@ -268,10 +292,11 @@ def produce(sources, free, lo, hi, stages: int, total: int):
     lax.fori_loop(jnp.maximum(hi, lo + stages), hi + stages, drain, None)
 
 
-def program_axes():
-    """(batch, query head, warpgroup, first row of the program's ROWS_PER_PROGRAM)."""
+def program_axes(warpgroups: int = COMPUTE_WARPGROUPS):
+    """(batch, query head, warpgroup, first of the program's rows, BLOCK_Q per compute
+    warpgroup)."""
     return (lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg"),
-            lax.axis_index("blocks") * ROWS_PER_PROGRAM)
+            lax.axis_index("blocks") * warpgroups * BLOCK_Q)
 
 
 def copy_in(pairs, barrier):
@@ -387,18 +412,19 @@ def key_blocks(g, q_first):
     return jnp.minimum(whole_causal, seen), seen
 
 
-def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref,
-                     q_smem, k_smem, v_smem, kstat_smem, gain_smem, rscale_smem, stat_smem,
-                     p_smem, q_ready, k_ready, kstat_ready, v_ready, free, schedule):
-    """Two compute warpgroups of BLOCK_Q queries each, and the memory warpgroup that feeds
-    them key blocks."""
-    batch, head, wg, program_first = program_axes()
-    # The memory warpgroup serves the later compute warpgroup, which sees the most keys.
-    _, steps = key_blocks(g, program_first + BLOCK_Q)
+def _forward_program(g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref,
+                     stat_ref, q_smem, k_smem, v_smem, kstat_smem, gain_smem, rscale_smem,
+                     stat_smem, p_smem, q_ready, k_ready, kstat_ready, v_ready, free, schedule):
+    """w compute warpgroups of BLOCK_Q queries each, and the memory warpgroup that feeds them
+    key blocks."""
+    batch, head, wg, program_first = program_axes(w)
+    # The memory warpgroup serves the last compute warpgroup, which sees the most keys.
+    _, steps = key_blocks(g, program_first + (w - 1) * BLOCK_Q)
+    compute_registers, memory_registers = REGISTERS[w]
 
-    @pl.when(wg < COMPUTE_WARPGROUPS)
+    @pl.when(wg < w)
     def _compute():
-        plgpu.set_max_registers(232, action="increase")
+        plgpu.set_max_registers(compute_registers, action="increase")
         q_first = program_first + wg * BLOCK_Q
         q_tile = q_smem.at[wg]
         if schedule is not None:
@@ -437,9 +463,9 @@ def _forward_program(g, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_
                                 stat_ref.at[batch, head, pl.ds(q_first, BLOCK_Q)])
         plgpu.wait_smem_to_gmem(0)
 
-    @pl.when(wg == COMPUTE_WARPGROUPS)
+    @pl.when(wg == w)
     def _memory():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(memory_registers, action="decrease")
         kv_head = lax.div(head, jnp.int32(g.group))
         keys = lambda j: (batch, pl.ds(j * g.block_k, g.block_k), kv_head)
         produce([(lambda j: k_ref.at[keys(j)], k_smem, k_ready),
