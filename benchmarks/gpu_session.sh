@@ -16,7 +16,7 @@
 # that a sweep cut by its limit still hands over the best rows it finished. The second call
 # compiles the stop-18 kernels' parity tests (PARITY_K selects tests by pytest's -k), then the
 # norm sweep (about 60 s per shape, widest rows first):
-#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=100 PARITY_K="meet or centered or dq_in or pingpong or three" \
+#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=100 PARITY_K="meet or centered or dq_in or pingpong or three or heaviest" \
 #     NORM_S=150 bash benchmarks/gpu_session.sh OUT
 # A session has 900 s of device time, starts included: run the second call at once, while the
 # machine is still warm (it goes back after 30 s idle), with timeout_s of what is left.
@@ -25,10 +25,11 @@
 # "keys", the default at head dim 64 since stop 17; "columns" at 128 and "alternate" at 64,
 # built in stop 18 and not yet run on a GPU, timed last; "split" keeps the dQ kernel) and
 # the forward's three compute warpgroups at head dim 64 (mosaic_gpu.FORWARD_WARPGROUPS,
-# stop 19, also timed last). Its error column checks each against the cuDNN path; the parity
-# part compiles those options too (test_gradients_with_dq_shares_that_meet,
-# test_forward_with_three_warpgroups), and LayerNorm's dQ in the dK/dV kernel through
-# centered keys (mosaic_backward.LAYERNORM_DQ, off until that passes).
+# stop 19, also timed last), and the programs' order (mosaic_gpu.HEAVIEST_FIRST, stop 19).
+# Its error column checks each against the cuDNN path; the parity part compiles those
+# options too (test_gradients_with_dq_shares_that_meet, test_forward_with_three_warpgroups,
+# test_heaviest_first_...), and LayerNorm's dQ in the dK/dV kernel through centered keys
+# (mosaic_backward.LAYERNORM_DQ, off until that passes).
 # Extra arguments: PARITY_K, PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS. To time a GPT
 # with each attention kernel: MFU_S=300 MFU_ARGS="--sizes 125M --settings
 # bf16,bf16+auto,bf16+mosaic".

@@ -124,23 +124,29 @@ MOSAIC_BACKWARD = [(64, 2, "split"), (64, 2, "keys"), (64, 3, "keys"), (64, 2, "
 # (gpu_session.sh) ends the sweep having lost only them.
 UNPROVEN = {("bwd", (64, 2, "columns")), ("bwd", (64, 2, "alternate")),
             ("fwd", (128, 2, False, 3)), ("fwd", (128, 3, False, 3))}
+# The order of the forward's and the dQ kernel's programs (mosaic_gpu.HEAVIEST_FIRST), timed
+# as fwd+bwd at the default settings: it changes only which programs start first.
+MOSAIC_ORDER = [False, True]
 
 
 def mosaic_sweep_order(d: int):
     """bench_mosaic's (pass, setting) rows for head dim d, in the order they are timed:
-    backward settings, forward ones (ping-pong last), then UNPROVEN; settings the head dim
-    does not take (mosaic_backward.SHARE_WAYS, mosaic_gpu.WARPGROUP_HEAD_DIMS) are left out."""
+    backward settings, forward ones (ping-pong last), the program orders, then UNPROVEN;
+    settings the head dim does not take (mosaic_backward.SHARE_WAYS,
+    mosaic_gpu.WARPGROUP_HEAD_DIMS) are left out."""
     rows = [("bwd", setting) for setting in MOSAIC_BACKWARD
             if d in mosaic_backward.SHARE_WAYS[setting[2]]]
     rows += [("fwd", setting) for setting in sorted(MOSAIC_FORWARD, key=lambda s: s[2])
              if d in mosaic_gpu.WARPGROUP_HEAD_DIMS[setting[3]]]
+    rows += [("order", heaviest_first) for heaviest_first in MOSAIC_ORDER]
     return sorted(rows, key=lambda row: row in UNPROVEN)
 
 
 def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
     """Yields ((pass, setting), (TFLOP/s, relative error against the cuDNN path) or a
     failure) for the Mosaic GPU kernels as each is measured, in mosaic_sweep_order: a
-    backward setting timed as fwd+bwd minus the default forward, a forward one forward only."""
+    backward setting timed as fwd+bwd minus the default forward, a forward one forward only,
+    a program order fwd+bwd."""
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
@@ -163,6 +169,11 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
                                          "fwd+bwd": lambda: g(q, k, v)}, rounds)
                 bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
                 cell = 2.5 * flops_fwd / bwd / 1e12, relative_error(g(q, k, v), want[1])
+            elif part == "order":
+                g = fwd_bwd(attend())
+                with mosaic_settings({"order": setting}, d):
+                    seconds = interleaved({"fwd+bwd": lambda: g(q, k, v)}, rounds)["fwd+bwd"]
+                cell = 3.5 * flops_fwd / seconds / 1e12, relative_error(g(q, k, v), want[1])
             else:
                 with mosaic_settings({"fwd": setting}, d) as tiles:
                     forward = jax.jit(attend(tiles["block_k"], tiles["num_stages"]))
@@ -174,13 +185,13 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
 
 
 def best_mosaic_settings(rows) -> dict:
-    """{"fwd": setting, "bwd": setting}: bench_mosaic's fastest rows per pass among those that
-    ran and match the cuDNN path to bf16's tolerance."""
+    """{"fwd": setting, "bwd": setting, "order": setting}: bench_mosaic's fastest rows per
+    part among those that ran and match the cuDNN path to bf16's tolerance."""
     best = {}
     for (part, setting), cell in rows:
         if not isinstance(cell, str) and cell[1] < 2e-2 and cell[0] > best.get(part, (0, 0))[1]:
             best[part] = setting, cell[0]
-    return {part: tuple(setting) for part, (setting, _) in best.items()}
+    return {part: setting for part, (setting, _) in best.items()}
 
 
 def save_mosaic_settings(path: str, settings: dict) -> None:
@@ -197,7 +208,9 @@ def load_mosaic_settings(path: str) -> dict:
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        return {int(d): {part: tuple(setting) for part, setting in best.items()}
+        # JSON keeps a tuple setting as a list
+        return {int(d): {part: tuple(setting) if isinstance(setting, list) else setting
+                         for part, setting in best.items()}
                 for d, best in json.load(f).items()}
 
 
@@ -212,6 +225,9 @@ def mosaic_settings(settings: dict, d: int):
             tiles = dict(block_k=block_k, num_stages=stages)
             stack.enter_context(mock.patch.multiple(
                 mosaic_gpu, PINGPONG=pingpong, FORWARD_WARPGROUPS={d: warpgroups}))
+        if "order" in settings:
+            stack.enter_context(mock.patch.object(mosaic_gpu, "HEAVIEST_FIRST",
+                                                  settings["order"]))
         if "bwd" in settings:
             block, stages, way = settings["bwd"]
             stack.enter_context(mock.patch.multiple(
@@ -384,8 +400,9 @@ def main():
     if "mosaicsweep" in parts and jax.default_backend() == "gpu":
         sweep_t = args.sweep_length
         print(f"\nMosaic GPU norm-attention TFLOP/s by setting, T={sweep_t}: forward (block_k, "
-              "stages, ping-pong, warpgroups), backward (block, stages, how dQ is added; split: the dQ "
-              "kernel); error against the cuDNN path")
+              "stages, ping-pong, warpgroups), backward (block, stages, how dQ is added; "
+              "split: the dQ kernel), order (heaviest programs first; fwd+bwd); error "
+              "against the cuDNN path")
         for d in head_dims:
             b, h = max(1, 16384 // sweep_t), 16 if d == 64 else 8
             rows = []

@@ -35,19 +35,21 @@ def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
             (("bwd", (64, 2, "keys")), (900.0, 0.5)),       # fast but wrong: not taken
             (("bwd", (64, 3, "keys")), "failed: out of shared memory"),
             (("fwd", (128, 2, False, 2)), (380.0, 5e-3)),
-            (("fwd", (128, 2, True, 2)), (390.0, 5e-3))]
+            (("fwd", (128, 2, True, 2)), (390.0, 5e-3)),
+            (("order", False), (330.0, 9e-3)),
+            (("order", True), (340.0, 9e-3))]
     best = kernels.best_mosaic_settings(rows)
-    assert best == {"bwd": (64, 2, "columns"), "fwd": (128, 2, True, 2)}
+    assert best == {"bwd": (64, 2, "columns"), "fwd": (128, 2, True, 2), "order": True}
     constants = lambda: (mosaic_gpu.PINGPONG, dict(mosaic_gpu.FORWARD_WARPGROUPS),
-                         dict(mosaic_backward.DQ_SHARES))
+                         mosaic_gpu.HEAVIEST_FIRST, dict(mosaic_backward.DQ_SHARES))
     before = constants()
     with kernels.mosaic_settings({"fwd": (128, 3, False, 2), "bwd": (64, 2, "columns")},
                                  128) as tiles:
         assert tiles == dict(block_k=128, num_stages=3) and not mosaic_gpu.PINGPONG
         assert mosaic_backward.dq_share(128, "rms") == "columns"
-    with kernels.mosaic_settings({"fwd": (64, 2, False, 3), "bwd": (64, 2, "split")},
-                                 64) as tiles:
-        assert tiles == dict(block_k=64, num_stages=2)
+    with kernels.mosaic_settings({"fwd": (64, 2, False, 3), "bwd": (64, 2, "split"),
+                                  "order": True}, 64) as tiles:
+        assert tiles == dict(block_k=64, num_stages=2) and mosaic_gpu.HEAVIEST_FIRST
         assert mosaic_gpu.forward_warpgroups(64) == 3
         assert mosaic_backward.dq_share(64, None) is None
     assert constants() == before
@@ -65,11 +67,11 @@ def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_p
         assert order[-len(unproven):] == unproven and order[0] == ("bwd", (64, 2, "split"))
         assert not set(absent) & set(order)
         proven = order[:-len(unproven)]
-        assert [part for part, _ in proven] == ["bwd"] * 3 + ["fwd"] * 6
-        assert [setting[2] for _, setting in proven[3:]] == [False] * 3 + [True] * 3
+        assert [part for part, _ in proven] == ["bwd"] * 3 + ["fwd"] * 6 + ["order"] * 2
+        assert [setting[2] for _, setting in proven[3:9]] == [False] * 3 + [True] * 3
     path = str(tmp_path / "best.json")
     assert kernels.load_mosaic_settings(path) == {}
-    best = {64: {"fwd": (128, 3, False, 3), "bwd": (64, 2, "alternate")},
+    best = {64: {"fwd": (128, 3, False, 3), "bwd": (64, 2, "alternate"), "order": True},
             128: {"bwd": (64, 2, "split")}}
     kernels.save_mosaic_settings(path, best)
     assert kernels.load_mosaic_settings(path) == best

@@ -95,6 +95,17 @@ def test_forward_with_three_warpgroups(monkeypatch, t, s, heads, qk_norm, normal
     test_forward_and_statistic(t, s, heads, 64, qk_norm, normalizer, causal, block_kv)
 
 
+@pytest.mark.parametrize("warpgroups", [2, 3])
+def test_heaviest_first_programs_take_the_last_query_blocks_first(monkeypatch, warpgroups):
+    """HEAVIEST_FIRST reverses the forward's and the dQ kernel's query blocks under
+    causality: every block still computed once, ragged last block included."""
+    monkeypatch.setattr(mosaic_gpu, "HEAVIEST_FIRST", True)
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {64: warpgroups})
+    monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {64: "split"})  # the dQ kernel runs
+    test_forward_and_statistic(300, 460, (2, 1), 64, "rms", "softmax", True, 64)
+    check_gradients(300, 260, (2, 1), 64, "layer", "softplus", True, jnp.bfloat16)
+
+
 @pytest.mark.parametrize("warpgroups,d", [(3, 128), (4, 64), (1, 64)])
 def test_forward_warpgroups_the_head_dim_cannot_take_are_refused(monkeypatch, warpgroups, d):
     monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {d: warpgroups})
@@ -203,19 +214,21 @@ def lower_for_gpu(fn, *args) -> str:
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("d,qk_norm,normalizer,block_kv,stages,way,pingpong,warpgroups", [
-    (128, "rms", "softmax", 128, 2, "split", False, 2),
-    (64, "layer", "softplus", 64, 3, "keys", False, 2),    # LayerNorm keeps the dQ kernel
-    (128, None, "softmax", 64, 2, "split", True, 2),       # so does "split"
-    (64, None, "softmax", 128, 2, "keys", False, 2),
-    (64, "rms", "softplus", 64, 2, "keys", True, 2),
-    (128, "rms", "softmax", 128, 2, "columns", True, 2),
-    (64, "rms", "softmax", 128, 2, "alternate", False, 2),
-    (64, "layer", "softplus", 128, 2, "alternate", True, 2),  # with LAYERNORM_DQ
-    (64, "rms", "softmax", 128, 3, "keys", True, 3),        # three forward warpgroups
-    (64, "layer", "softplus", 64, 2, "split", False, 3)])
+@pytest.mark.parametrize(
+    "d,qk_norm,normalizer,block_kv,stages,way,pingpong,warpgroups,heaviest_first", [
+    (128, "rms", "softmax", 128, 2, "split", False, 2, False),
+    (64, "layer", "softplus", 64, 3, "keys", False, 2, False),    # LayerNorm keeps the dQ kernel
+    (128, None, "softmax", 64, 2, "split", True, 2, False),       # so does "split"
+    (64, None, "softmax", 128, 2, "keys", False, 2, False),
+    (64, "rms", "softplus", 64, 2, "keys", True, 2, False),
+    (128, "rms", "softmax", 128, 2, "columns", True, 2, False),
+    (64, "rms", "softmax", 128, 2, "alternate", False, 2, False),
+    (64, "layer", "softplus", 128, 2, "alternate", True, 2, False),  # with LAYERNORM_DQ
+    (64, "rms", "softmax", 128, 3, "keys", True, 3, False),        # three forward warpgroups
+    (64, "layer", "softplus", 64, 2, "split", False, 3, False),
+    (128, "rms", "softmax", 128, 2, "split", True, 2, True)])   # with HEAVIEST_FIRST
 def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, block_kv, stages,
-                                         way, pingpong, warpgroups):
+                                         way, pingpong, warpgroups, heaviest_first):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
     (a register operand, wgmma into a live accumulator, a reducing store): only this lowering
     checks it on a CPU. The gradient holds the three Mosaic GPU kernels (forward, dQ, dK/dV),
@@ -226,6 +239,7 @@ def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, bl
     monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
     monkeypatch.setattr(mosaic_gpu, "PINGPONG", pingpong)
     monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {d: warpgroups})
+    monkeypatch.setattr(mosaic_gpu, "HEAVIEST_FIRST", heaviest_first)
     layernorm_dq = qk_norm == "layer" and way == "alternate"
     monkeypatch.setattr(mosaic_backward, "LAYERNORM_DQ", layernorm_dq)
     q, k = jnp.ones((2, 300, 4, d), jnp.bfloat16), jnp.ones((2, 520, 2, d), jnp.bfloat16)

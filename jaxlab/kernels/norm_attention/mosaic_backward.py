@@ -186,7 +186,7 @@ def _dq(g, q_prime, dout, per_query, k, v, per_key, interpret):
 def _dq_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dq_ref, dsum_ref,
                 q_smem, do_smem, rowval_smem, k_smem, kstat_smem, v_smem, dsum_smem, p_smem,
                 query_ready, k_ready, kstat_ready, v_ready, free):
-    batch, head, wg, program_first = mg.program_axes()
+    batch, head, wg, program_first = mg.program_axes(reverse=g.causal and mg.HEAVIEST_FIRST)
     _, steps = mg.key_blocks(g, program_first + BLOCK_Q)
     readies = (k_ready, kstat_ready, v_ready)
 

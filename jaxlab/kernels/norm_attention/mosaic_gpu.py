@@ -73,6 +73,12 @@ KEY_ROWS = 3            # per key: rstd, rstd·μ, 1 if it may be seen else 0
 # "ping-pong"): one's softmax runs while the other's products do. On an H100 (stop 17, bf16,
 # causal, T=8192) it ran the forward 1.09× as fast at head dim 64 and 1.01× at 128.
 PINGPONG = True
+# True: under causality the forward's and the dQ kernel's programs take their query blocks
+# last to first. A GPU starts a grid's programs in index order, so the ones that see the most
+# keys then start first and the last wave holds the lightest (FlashAttention-3's "longest
+# processing time first" order); the dK/dV kernel's first key blocks are already its
+# heaviest. Built in stop 19 and not yet timed on a GPU, so off.
+HEAVIEST_FIRST = False
 
 
 def forward_warpgroups(head_dim: int) -> int:
@@ -292,11 +298,14 @@ def produce(sources, free, lo, hi, stages: int, total: int):
     lax.fori_loop(jnp.maximum(hi, lo + stages), hi + stages, drain, None)
 
 
-def program_axes(warpgroups: int = COMPUTE_WARPGROUPS):
+def program_axes(warpgroups: int = COMPUTE_WARPGROUPS, reverse: bool = False):
     """(batch, query head, warpgroup, first of the program's rows, BLOCK_Q per compute
-    warpgroup)."""
+    warpgroup); with `reverse` the first program takes the last rows (see HEAVIEST_FIRST)."""
+    block = lax.axis_index("blocks")
+    if reverse:
+        block = lax.axis_size("blocks") - 1 - block
     return (lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg"),
-            lax.axis_index("blocks") * warpgroups * BLOCK_Q)
+            block * warpgroups * BLOCK_Q)
 
 
 def copy_in(pairs, barrier):
@@ -417,7 +426,7 @@ def _forward_program(g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref,
                      stat_smem, p_smem, q_ready, k_ready, kstat_ready, v_ready, free, schedule):
     """w compute warpgroups of BLOCK_Q queries each, and the memory warpgroup that feeds them
     key blocks."""
-    batch, head, wg, program_first = program_axes(w)
+    batch, head, wg, program_first = program_axes(w, reverse=g.causal and HEAVIEST_FIRST)
     # The memory warpgroup serves the last compute warpgroup, which sees the most keys.
     _, steps = key_blocks(g, program_first + (w - 1) * BLOCK_Q)
     compute_registers, memory_registers = REGISTERS[w]
