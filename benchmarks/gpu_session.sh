@@ -14,12 +14,14 @@
 # table (head dim 64 and 128, T 1k–16k; CANDIDATES, default mosaic, the cuDNN path and XLA)
 # whose mosaic rows take the sweep's best settings, passed on in OUT/mosaic_settings.json so
 # that a sweep cut by its limit still hands over the best rows it finished. The second call
-# compiles the stop-18 kernels' parity tests (PARITY_K selects tests by pytest's -k), then the
-# norm sweep (about 60 s per shape, widest rows first):
-#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=100 PARITY_K="meet or centered or dq_in or pingpong or three or heaviest" \
-#     NORM_S=150 bash benchmarks/gpu_session.sh OUT
-# A session has 900 s of device time, starts included: run the second call at once, while the
-# machine is still warm (it goes back after 30 s idle), with timeout_s of what is left.
+# compiles the parity tests of the options built since stop 17 (PARITY_K selects tests by
+# pytest's -k), then the norm sweep (about 60 s per shape, widest rows first):
+#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=90 NORM_S=150 \
+#     PARITY_K="meet or centered or dq_in or pingpong or three or heaviest" \
+#     bash benchmarks/gpu_session.sh OUT
+# A session has 900 s of device time, starts included (about 60 s), and each call spends
+# about 10 s on device.txt: give the first call timeout_s 580, and run the second at once,
+# while the machine is still warm (it goes back after 30 s idle), with what is left.
 # The sweep times the Mosaic GPU kernels' launch settings and options: ping-pong
 # (mosaic_gpu.PINGPONG) and the ways the dK/dV kernel adds dQ (mosaic_backward.DQ_SHARES:
 # "keys", the default at head dim 64 since stop 17; "columns" at 128 and "alternate" at 64,

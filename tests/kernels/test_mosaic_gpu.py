@@ -89,8 +89,8 @@ def test_forward_without_pingpong(monkeypatch, t, s, heads, d, qk_norm, normaliz
 ])
 def test_forward_with_three_warpgroups(monkeypatch, t, s, heads, qk_norm, normalizer, causal,
                                        block_kv):
-    """FORWARD_WARPGROUPS 3 at head dim 64: 192 queries per program, no ping-pong (its turns
-    pair two warpgroups, so a third would hang the kernel, in the interpreter too)."""
+    """FORWARD_WARPGROUPS 3 at head dim 64: 192 queries per program, without ping-pong (its
+    turns pair two warpgroups), PINGPONG notwithstanding."""
     monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {64: 3})
     test_forward_and_statistic(t, s, heads, 64, qk_norm, normalizer, causal, block_kv)
 
