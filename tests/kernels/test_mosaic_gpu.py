@@ -84,7 +84,7 @@ def test_forward_without_pingpong(monkeypatch, t, s, heads, d, qk_norm, normaliz
 
 @pytest.mark.parametrize("t,s,heads,qk_norm,normalizer,causal,block_kv", [
     (300, 520, (2, 1), "rms", "softmax", True, 128),     # ragged: the last program half empty
-    (256, 128, (2, 2), "layer", "softplus", True, 64),   # t > s: the warpgroups see 0, 1, 2
+    (256, 128, (2, 2), "layer", "softplus", True, 64),   # t > s: 0, 0, 1, then 2 key blocks
     (192, 333, (4, 2), None, "softmax", False, 64),
 ])
 def test_forward_with_three_warpgroups(monkeypatch, t, s, heads, qk_norm, normalizer, causal,
