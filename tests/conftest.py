@@ -18,6 +18,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The tests' programs are small and run a few steps, so optimizing their machine code costs
+# more time than it saves: with jax's switch (XLA:CPU at backend optimization level 0, LLVM's
+# costly passes off) the default run took half as long on 2 cores, 9:15 against 18:43.
+# Benchmarks, the CLI and the notebooks outside the tests keep every optimization.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 
