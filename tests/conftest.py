@@ -21,9 +21,21 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The tests' programs are small and run a few steps, so optimizing their machine code costs
 # more time than it saves: with jax's switch (XLA:CPU at backend optimization level 0, LLVM's
 # costly passes off) the default run took half as long on 2 cores, 9:15 against 18:43.
-# Benchmarks, the CLI and the notebooks outside the tests keep every optimization.
+# Benchmarks, the CLI and the notebooks outside the tests keep every optimization; a test whose
+# time goes to running, not compiling, takes the fully_optimized fixture below.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+@pytest.fixture
+def fully_optimized():
+    """XLA's full optimization for one test, whatever JAX_DISABLE_MOST_OPTIMIZATIONS says."""
+    flag = "jax_disable_most_optimizations"
+    was = jax.config.values[flag]
+    jax.config.update(flag, False)
+    yield
+    jax.config.update(flag, was)
