@@ -2,13 +2,13 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from jaxlab.errors import ConfigError
 from jaxlab.kernels import dispatch, last_path
 from jaxlab.kernels.fused_norm import fused_norm
 from jaxlab.kernels.fused_norm.reference import fused_norm_reference
-from tests.kernels.helpers import COMPILED, KERNEL_IMPL, assert_matches_reference
+from tests.kernels.helpers import COMPILED, KERNEL_IMPL, assert_matches_reference, examples
 
 STRATEGIES = dict(
     rows=st.integers(1, 40),
@@ -31,14 +31,14 @@ def check_matches_reference(rows, d, kind, residual, bias, dtype, **launch):
     assert last_path("fused_norm") == KERNEL_IMPL
 
 
-@settings(max_examples=5, deadline=None, derandomize=True)
+@examples(5)
 @given(**STRATEGIES)
 def test_matches_reference(rows, d, kind, residual, bias, dtype):
     check_matches_reference(rows, d, kind, residual, bias, dtype)
 
 
 @pytest.mark.slow
-@settings(max_examples=15, deadline=None, derandomize=True)
+@examples(15)
 @given(**STRATEGIES)
 def test_matches_reference_wide(rows, d, kind, residual, bias, dtype):
     check_matches_reference(rows, d, kind, residual, bias, dtype)

@@ -2,11 +2,12 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, strategies as st
 
 from jaxlab.kernels.linear_attention import chunked_linear_attention
 from jaxlab.ops.linear_attention import linear_attention_recurrent
-from tests.kernels.helpers import KERNEL_IMPL, SMALL_DIMS, assert_matches_reference, close
+from tests.kernels.helpers import (KERNEL_IMPL, SMALL_DIMS, assert_matches_reference, close,
+                                   examples)
 
 STRATEGIES = dict(
     t=st.integers(1, 50),
@@ -33,14 +34,18 @@ def check_matches_reference(t, chunk, dims, feature_map, normalize, output_norm,
     assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v, gain), dtype)
 
 
-@settings(max_examples=3, deadline=None, derandomize=True)
+@examples(3)
 @given(**STRATEGIES)
+# One token through the output RMSNorm: the output is invariant to φ(q)·φ(k)'s size, so dq and
+# dk are nearly 0 and bf16 rounding alone moved the reference's dk by 0.046 (a soak run's find)
+@example(t=1, chunk=SMALL_DIMS[0], dims=(SMALL_DIMS[0],) * 2, feature_map="relu", normalize=False,
+         output_norm=True, dtype=jnp.bfloat16)
 def test_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, dtype):
     check_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, dtype)
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None, derandomize=True)
+@examples(12)
 @given(**STRATEGIES)
 def test_matches_reference_wide(t, chunk, dims, feature_map, normalize, output_norm, dtype):
     check_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, dtype)

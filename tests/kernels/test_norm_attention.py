@@ -5,12 +5,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from jaxlab.kernels.norm_attention import fused_norm_attention as any_kernel
 from jaxlab.ops.attention import softmax_attention
 from jaxlab.errors import ConfigError
-from tests.kernels.helpers import KERNEL_IMPL, SMALL_DIMS, assert_matches_reference, close
+from tests.kernels.helpers import (KERNEL_IMPL, SMALL_DIMS, assert_matches_reference, close,
+                                   examples)
 
 # On a Hopper GPU gpu_kernel="auto" would hand 16-bit head dims 64 and 128 to Mosaic GPU.
 fused_norm_attention = functools.partial(any_kernel, gpu_kernel="triton")
@@ -49,7 +50,7 @@ def check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal
     assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v, q_scale, k_scale), dtype)
 
 
-@settings(max_examples=3, deadline=None, derandomize=True)
+@examples(3)
 @given(**STRATEGIES)
 def test_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
                            dtype):
@@ -58,7 +59,7 @@ def test_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal,
 
 
 @pytest.mark.slow
-@settings(max_examples=15, deadline=None, derandomize=True)
+@examples(15)
 @given(**STRATEGIES)
 def test_matches_reference_wide(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked,
                                 segmented, dtype):
