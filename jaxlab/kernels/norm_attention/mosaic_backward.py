@@ -16,7 +16,8 @@ s = r_j a_ij − u_j c_i (c_i = Σ_d q'_i), and ds = ∂loss/∂s:
 with dp = dO vᵀ and δ_i = dO_i · o_i. The O(T²) work is in the two kernels; what is left is
 per row, O(T·d): `jax.vjp` of the XLA functions that make q', c (`prepared_queries`) and
 r, u (`key_stats`) turns (dq', dc) and (dr, du) into dq, dk and the gains' gradients, so that
-part is right by construction.
+part is right by construction. Without a norm q' = q, and the query's logit factor f_i takes
+c_i's place: s = f_i a_ij, so the kernels take f ⊙ ds where the lines above read ds ⊙ r.
 
 Programs: the dQ kernel runs like the forward, two compute warpgroups of 64 queries walking
 key blocks of 64; the dK/dV kernel has two compute warpgroups of 64 keys each, per query head,
@@ -94,7 +95,11 @@ def dq_share(head_dim: int, qk_norm: str | None) -> str | None:
 def prepared_queries(q, q_scale, k_scale, row_scale, *, qk_norm, normalizer, sm_scale, eps):
     """(q' [b, t, h, d] in q's dtype, Σ_d q' [b, t, h] float32): the queries the forward's
     products read (mosaic_gpu._prepare_queries), as a differentiable XLA function; row_scale
-    [b, t] the queries' logit factors."""
+    [b, t] the queries' logit factors. Without a norm: (q, each query's logit factor f), which
+    the kernels put on the scores, s = f ⊙ a, and so on ds."""
+    if qk_norm is None:
+        factor = row_scale[:, :, None] * mg.logit_constant(normalizer, sm_scale)
+        return q, jnp.broadcast_to(factor, q.shape[:3]).astype(jnp.float32)
     gain = mg.logit_gain(q.shape[-1], q_scale, k_scale, qk_norm=qk_norm,
                          normalizer=normalizer, sm_scale=sm_scale)
     x = head_norm(q, None, qk_norm, eps) * row_scale[:, :, None, None]
@@ -199,13 +204,14 @@ def _dq_program(g, q_ref, do_ref, rowval_ref, k_ref, v_ref, kstat_ref, dq_ref, d
         mg.copy_in([(q_ref.at[batch, rows_here, head], q_tile),
                     (do_ref.at[batch, rows_here, head], do_tile),
                     (rowval_ref.at[batch, head, :, rows_here], rowvals)], query_ready.at[wg])
-        stat, delta, sums = (mg.load_vector(rowvals.at[i], per_row=True) for i in range(3))
+        stat, delta, q_values = (mg.load_vector(rowvals.at[i], per_row=True)
+                                 for i in range(3))
         whole, seen = mg.key_blocks(g, q_first)
         zeros = lambda shape, layout: plgpu.layout_cast(jnp.zeros(shape, jnp.float32), layout)
         carry = (zeros(q_tile.shape, plgpu.Layout.WGMMA),
                  zeros((BLOCK_Q,), plgpu.Layout.WGMMA.reduce(1)))
         step = functools.partial(_dq_step, g, q_tile, do_tile, k_smem, kstat_smem, v_smem,
-                                 readies, free, q_first, (stat, delta, sums),
+                                 readies, free, q_first, (stat, delta, q_values),
                                  None if p_smem is None else p_smem.at[wg])
         carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
         dq, dsum = lax.fori_loop(whole, seen, functools.partial(step, masked=True), carry)
@@ -248,13 +254,13 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
              p_smem, j, carry, *, masked: bool):
     dq, dsum = carry
     k_ready, kstat_ready, v_ready = readies
-    stat, delta, sums = row_values
+    stat, delta, q_values = row_values  # q_values: Σ_d q' (LayerNorm) or f (no norm)
     slot = lax.rem(j, STAGES)
     plgpu.barrier_wait(k_ready.at[slot])
     plgpu.barrier_wait(kstat_ready.at[slot])
     shape = (BLOCK_Q, BLOCK)
     a = mg.product(q_tile, k_smem.at[slot].transpose((1, 0)), shape)
-    s = mg.normed_scores(g, a, kstat_smem.at[slot], sums)
+    s = mg.normed_scores(g, a, kstat_smem.at[slot], q_values)
     plgpu.barrier_wait(v_ready.at[slot])
     dp = mg.product(do_tile, v_smem.at[slot].transpose((1, 0)), shape)
     seen = None
@@ -263,7 +269,9 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
                  else None)
         seen = mg.visible(g, shape, q_first, j * BLOCK, valid=valid)
     _, ds = _score_grads(g, s, mg.rows(stat, shape), dp, mg.rows(delta, shape), seen)
-    if g.qk_norm is not None:
+    if g.qk_norm is None:
+        ds = ds * mg.rows(q_values, shape)
+    else:
         per_key = kstat_smem.at[slot]
         if g.qk_norm == "layer":
             shift = mg.load_vector(per_key.at[1], per_row=False)
@@ -428,23 +436,27 @@ def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, l
     for ready in readies:
         plgpu.barrier_wait(ready.at[slot])
     shape = (BLOCK_Q, BLOCK)
-    stat, delta, sums = (mg.load_vector(rowval_smem.at[slot, i], per_row=False)
-                         for i in range(3))
+    # q_values: Σ_d q' (LayerNorm) or each query's logit factor f (no norm)
+    stat, delta, q_values = (mg.load_vector(rowval_smem.at[slot, i], per_row=False)
+                             for i in range(3))
     a = mg.product(k_tile, q_smem.at[slot].transpose((1, 0)), shape)
-    s = a
-    if g.qk_norm is not None:
+    if g.qk_norm is None:
+        s = a * mg.cols(q_values, shape)
+    else:
         s = a * mg.rows(rstd, shape)
         if g.qk_norm == "layer":
-            s = s - mg.rows(shift, shape) * mg.cols(sums, shape)
+            s = s - mg.rows(shift, shape) * mg.cols(q_values, shape)
     dp = mg.product(v_tile, do_smem.at[slot].transpose((1, 0)), shape)
     seen = mg.visible(g, shape, j * BLOCK, k_first, keys_on_rows=True,
                       valid=valid if g.key_masked else None) if masked else None
     p, ds = _score_grads(g, s, mg.cols(stat, shape), dp, mg.cols(delta, shape), seen)
     dv = mg.accumulate(dv, p.astype(v_tile.dtype), do_smem.at[slot], p_smem)
-    if g.qk_norm is not None:
+    if g.qk_norm is None:
+        ds = ds * mg.cols(q_values, shape)
+    else:
         drstd = drstd + (ds * a).sum(axis=1)
         if g.qk_norm == "layer":
-            dshift = dshift - (ds * mg.cols(sums, shape)).sum(axis=1)
+            dshift = dshift - (ds * mg.cols(q_values, shape)).sum(axis=1)
         ds = ds * mg.rows(rstd, shape)
     ds = ds.astype(k_tile.dtype)
     dk = mg.accumulate(dk, ds, q_smem.at[slot], p_smem)

@@ -22,6 +22,11 @@ raw; their norm is per key row, so it is applied to the score tile's columns:
 with rstd_j and rstd_j μ_j computed once per key in float32 before the kernel (`key_stats`),
 one read of k. For LayerNorm the correction cancels the keys' mean inside the float32
 product sum; Σ_d q' is taken over the rounded q' the product reads, so the two terms agree.
+Without a norm the q tile stays as it came, and each query's logit factor f_i (the logit scale,
+log2 e, its row scale) multiplies the float32 scores, s_ij = f_i (q_i · k_j), as in
+FlashAttention-3 and cuDNN: folded into q it would round q a second time where the reference
+never rounds it, and at logits near 40 that moved the values 5× further from the float32
+answer than the reference's own rounding (tests/kernels/test_mosaic_gpu.py).
 
 Causality is end-aligned (query i sees keys ≤ i + s − t) as in pallas.py; keys past the
 unpadded length are masked in the last block. Outputs: o [b, t, h, d] and one float32
@@ -150,11 +155,16 @@ def key_stats(k, qk_norm: str | None, eps: float):
     return rstd, rstd * mean
 
 
+def logit_constant(normalizer: str, sm_scale: float) -> float:
+    """The logit scale and, for softmax, log2 e (the kernels' exponentials are exp2)."""
+    return sm_scale * (LOG2_E if normalizer == "softmax" else 1.0)
+
+
 def logit_gain(d: int, q_scale, k_scale, *, qk_norm: str | None, normalizer: str,
                sm_scale: float):
-    """[d] float32: everything that multiplies a logit along head_dim, folded into the q side:
-    both norms' gains, the logit scale and, for softmax, log2 e."""
-    gain = jnp.full((d,), sm_scale * (LOG2_E if normalizer == "softmax" else 1.0), jnp.float32)
+    """[d] float32: everything that multiplies a logit along head_dim, folded into the q side
+    under a norm: both norms' gains and `logit_constant`."""
+    gain = jnp.full((d,), logit_constant(normalizer, sm_scale), jnp.float32)
     if qk_norm is not None:
         for scale in (q_scale, k_scale):
             if scale is not None:
@@ -442,14 +452,14 @@ def _forward_program(g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref,
                  (gain_ref, gain_smem.at[wg]),
                  (rscale_ref.at[batch, pl.ds(q_first, BLOCK_Q)], rscale_smem.at[wg])],
                 q_ready.at[wg])
-        row_sum = _prepare_queries(g, q_tile, gain_smem.at[wg], rscale_smem.at[wg])
+        query_values = _prepare_queries(g, q_tile, gain_smem.at[wg], rscale_smem.at[wg])
         whole, seen = key_blocks(g, q_first)
         per_row = plgpu.Layout.WGMMA.reduce(1)
         carry = (plgpu.layout_cast(jnp.full((BLOCK_Q,), NEG, jnp.float32), per_row),  # max
                  plgpu.layout_cast(jnp.zeros((BLOCK_Q,), jnp.float32), per_row),       # sum
                  plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), plgpu.Layout.WGMMA))
         step = functools.partial(_forward_step, g, q_tile, k_smem, v_smem, kstat_smem,
-                                 (k_ready, kstat_ready, v_ready), free, q_first, row_sum,
+                                 (k_ready, kstat_ready, v_ready), free, q_first, query_values,
                                  None if p_smem is None else p_smem.at[wg], schedule)
         carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
         m, l, acc = lax.fori_loop(whole, seen, functools.partial(step, masked=True), carry)
@@ -486,7 +496,11 @@ def _forward_program(g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref,
 
 def _prepare_queries(g, q_tile, gain_smem, rscale_smem):
     """Normalize the q tile in place and fold the gain and each row's logit factor into it;
-    returns Σ_d q' per row for LayerNorm's mean correction (None otherwise)."""
+    returns Σ_d q' per row for LayerNorm's mean correction (None for RMSNorm). Without a norm
+    the tile stays and the logit factors f_i come back, for the scores."""
+    if g.qk_norm is None:
+        return (load_vector(rscale_smem, per_row=True)
+                * logit_constant(g.normalizer, g.sm_scale))
     x = q_tile[...].astype(jnp.float32)
     d = x.shape[-1]
     if g.qk_norm == "layer":
@@ -500,21 +514,22 @@ def _prepare_queries(g, q_tile, gain_smem, rscale_smem):
     return q.astype(jnp.float32).sum(axis=1) if g.qk_norm == "layer" else None
 
 
-def normed_scores(g, a, key_stats_slot, query_sums, keys_on_rows: bool = False):
+def normed_scores(g, a, key_stats_slot, query_values, keys_on_rows: bool = False):
     """Scores from the raw product a = q'·k: times each key's rstd, minus rstd·μ·Σq' for
-    LayerNorm; key_stats_slot the [KEY_ROWS, block] SMEM slot of key rows."""
-    if g.qk_norm is None:
-        return a
+    LayerNorm (query_values: Σ_d q'); without a norm, times each query's logit factor
+    (query_values: f). key_stats_slot the [KEY_ROWS, block] SMEM slot of key rows."""
     per_key = rows if keys_on_rows else cols
     per_query = cols if keys_on_rows else rows
+    if g.qk_norm is None:
+        return a * per_query(query_values, a.shape)
     s = a * per_key(load_vector(key_stats_slot.at[0], per_row=keys_on_rows), a.shape)
     if g.qk_norm == "layer":
         shift = load_vector(key_stats_slot.at[1], per_row=keys_on_rows)
-        s = s - per_query(query_sums, a.shape) * per_key(shift, a.shape)
+        s = s - per_query(query_values, a.shape) * per_key(shift, a.shape)
     return s
 
 
-def _forward_step(g, q_tile, k_smem, v_smem, kstat_smem, readies, free, q_first, row_sum,
+def _forward_step(g, q_tile, k_smem, v_smem, kstat_smem, readies, free, q_first, query_values,
                   p_smem, schedule, j, carry, *, masked: bool):
     m, l, acc = carry
     k_ready, kstat_ready, v_ready = readies
@@ -523,7 +538,7 @@ def _forward_step(g, q_tile, k_smem, v_smem, kstat_smem, readies, free, q_first,
     plgpu.barrier_wait(kstat_ready.at[slot])
     a = product(q_tile, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, g.block_k),
                 None if schedule is None else functools.partial(take_turn, schedule))
-    s = normed_scores(g, a, kstat_smem.at[slot], row_sum)
+    s = normed_scores(g, a, kstat_smem.at[slot], query_values)
     if masked:
         valid = load_vector(kstat_smem.at[slot, 2], per_row=False) if g.key_masked else None
         seen = visible(g, s.shape, q_first, j * g.block_k, valid=valid)

@@ -10,11 +10,14 @@ causality is end-aligned (query i sees keys ≤ i + s_len − t_len). Tile produ
 input dtype as operands and accumulate in float32 (jaxlab.kernels.tiles).
 
 Per score the kernels do little besides the two products, so the elementwise work counts (at
-head dim 64 it costs about as much as the products on a GPU): the logit scale is folded into
-the q tile (times log2 e for softmax, whose exponentials are exp2, one instruction where exp
-is several), and tiles that every query sees whole skip the mask. Under causality those are the
-key blocks left of a query block's diagonal, unless a key mask, key padding or segment ids
-make every tile masked.
+head dim 64 it costs about as much as the products on a GPU): under a qk-norm the logit scale
+is folded into the normalized q tile (times log2 e for softmax, whose exponentials are exp2,
+one instruction where exp is several), and tiles that every query sees whole skip the mask.
+Under causality those are the key blocks left of a query block's diagonal, unless a key mask,
+key padding or segment ids make every tile masked. Without a norm the q tile stays exact and
+the scores take the scale, one multiply each: folded, it would round q where the reference
+does not, and at logits near 40 the values came out 3-5× further from the float32 answer than
+the reference's (tests/kernels/test_norm_attention.py).
 
 Per-query values (segment ids, logit factors, the row statistic and δ) are [.., t] vectors, or
 with `lane_dense` (TPU) [.., t, 128] slabs; per-key values are [b, s] vectors, or on TPU
@@ -161,18 +164,25 @@ def _loop(lo, mid, hi, body, carry, masked_first: bool):
 
 
 def _q_tile(g: Geometry, q_ref, qs, row_scale):
-    """The normalized q tile with the logit scale (and log2 e) folded in, and the scale."""
+    """(q tile, q̂, rstd, scale): the normalized q tile with the logit scale (and log2 e)
+    folded in, or without a norm the tile as it came, whose scale `_scores` applies."""
     scale = (row_scale() * g.sm_scale if g.length_scaled else g.sm_scale) * _logit_base(g)
     q, qhat, rstd = _norm_rows(q_ref.astype(jnp.float32), qs, g.qk_norm, g.eps)
-    return q * scale, qhat, rstd, scale
+    return (q if g.qk_norm is None else q * scale), qhat, rstd, scale
+
+
+def _scores(g: Geometry, q, k, scale, dtype):
+    """The kernel's logits from a `_q_tile` q tile and a key tile."""
+    s = mm_t(q, k, dtype)
+    return s * scale if g.qk_norm is None else s
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref, qs_ref,
                     ks_ref, o_ref, stat_ref, *, g: Geometry, num_k_blocks: int):
     q_block = pl.program_id(2)
     dtype = q_ref.dtype
-    q, _, _, _ = _q_tile(g, q_ref[...], qs_ref[...].astype(jnp.float32),
-                         lambda: get_rows(rscale_ref, g.lane_dense))
+    q, _, _, scale = _q_tile(g, q_ref[...], qs_ref[...].astype(jnp.float32),
+                             lambda: get_rows(rscale_ref, g.lane_dense))
     ks = ks_ref[...].astype(jnp.float32)
     d = q.shape[1]
 
@@ -180,7 +190,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_r
         m, l, acc = carry
         rows = pl.ds(j * g.block_k, g.block_k)
         k, _, _ = _norm_rows(k_ref[rows, :].astype(jnp.float32), ks, g.qk_norm, g.eps)
-        s = mm_t(q, k, dtype)
+        s = _scores(g, q, k, scale, dtype)
         if masked:
             visible = _visible(g, q_block, j, lambda: _key_row(g, kmask_ref, j),
                                lambda: get_rows(qseg_ref, g.lane_dense),
@@ -243,7 +253,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref, q
         visible = _visible(g, q_block, j, lambda: _key_row(g, kmask_ref, j),
                            lambda: get_rows(qseg_ref, g.lane_dense),
                            lambda: _key_row(g, kseg_ref, j)) if masked else None
-        _, ds = _score_grads(g, mm_t(q, k, dtype), visible, stat,
+        _, ds = _score_grads(g, _scores(g, q, k, scale, dtype), visible, stat,
                              mm_t(do, v_ref[rows, :], dtype), delta)
         return dq + mm(ds, k, dtype)
 
@@ -270,13 +280,15 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, kmask_ref, qseg_ref, kseg_ref, rscale_ref,
     def body(i, carry, masked):
         dk, dv = carry
         rows = pl.ds(i * g.block_q, g.block_q)
-        q, _, _, _ = _q_tile(g, q_ref[rows, :], qs, lambda: column(rscale_ref, rows))
+        q, _, _, scale = _q_tile(g, q_ref[rows, :], qs, lambda: column(rscale_ref, rows))
         do = do_ref[rows, :]
         visible = _visible(g, i, k_block, lambda: _key_row(g, kmask_ref),
                            lambda: column(qseg_ref, rows),
                            lambda: _key_row(g, kseg_ref)) if masked else None
-        p, ds = _score_grads(g, mm_t(q, k, dtype), visible, column(stat_ref, rows),
-                             mm_t(do, v, dtype), column(delta_ref, rows))
+        p, ds = _score_grads(g, _scores(g, q, k, scale, dtype), visible,
+                             column(stat_ref, rows), mm_t(do, v, dtype), column(delta_ref, rows))
+        if g.qk_norm is None:  # the scale the q tile does not carry
+            ds = ds * scale
         return dk + mm_tn(ds, q, dtype), dv + mm_tn(p, do, dtype)
 
     start = _q_block_start(g, k_block)
