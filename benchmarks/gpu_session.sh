@@ -17,7 +17,7 @@
 # compiles the parity tests of the options built since stop 17 (PARITY_K selects tests by
 # pytest's -k), then the norm sweep (about 60 s per shape, widest rows first):
 #   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=90 NORM_S=150 \
-#     PARITY_K="meet or centered or dq_in or pingpong or three or heaviest" \
+#     PARITY_K="meet or centered or dq_in or pingpong or three or heaviest or accurate" \
 #     bash benchmarks/gpu_session.sh OUT
 # A session has 900 s of device time, starts included (about 60 s), and each call spends
 # about 10 s on device.txt: give the first call timeout_s 580, and run the second at once,
@@ -31,7 +31,8 @@
 # Its error column checks each against the cuDNN path; the parity part compiles those
 # options too (test_gradients_with_dq_shares_that_meet, test_forward_with_three_warpgroups,
 # test_heaviest_first_...), and LayerNorm's dQ in the dK/dV kernel through centered keys
-# (mosaic_backward.LAYERNORM_DQ, off until that passes).
+# (mosaic_backward.LAYERNORM_DQ, off until that passes), and the kernels without a qk-norm,
+# which since stop 22 keep q exact and scale the scores (test_without_a_norm_...: "accurate").
 # Extra arguments: PARITY_K, PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS. To time a GPT
 # with each attention kernel: MFU_S=300 MFU_ARGS="--sizes 125M --settings
 # bf16,bf16+auto,bf16+mosaic".
