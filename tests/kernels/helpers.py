@@ -72,6 +72,7 @@ def float32_answers(reference_fn, args, cotangent):
 
 
 def distance(got, want) -> float:
+    """The largest absolute difference over all leaves, in float32."""
     return max(float(np.abs(np.asarray(g, np.float32) - np.asarray(w, np.float32)).max())
                for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
 

@@ -25,7 +25,7 @@ product sum; Σ_d q' is taken over the rounded q' the product reads, so the two 
 Without a norm the q tile stays as it came, and each query's logit factor f_i (the logit scale,
 log2 e, its row scale) multiplies the float32 scores, s_ij = f_i (q_i · k_j), as in
 FlashAttention-3 and cuDNN: folded into q it would round q a second time where the reference
-never rounds it, and at logits near 40 that moved the values 5× further from the float32
+never rounds it, and at logits up to 43 that moved the values 5× further from the float32
 answer than the reference's own rounding (tests/kernels/test_mosaic_gpu.py).
 
 Causality is end-aligned (query i sees keys ≤ i + s − t) as in pallas.py; keys past the
