@@ -63,12 +63,16 @@ def assert_matches_reference(kernel_fn, reference_fn, args, dtype, grad_scale=2.
                 ) from mismatch
 
 
+def to_float32(tree):
+    """Every 16-bit array of the tree cast up to float32."""
+    return jax.tree.map(
+        lambda x: x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x, tree)
+
+
 def float32_answers(reference_fn, args, cotangent):
     """The reference's values and gradients with every 16-bit input cast up to float32."""
-    up = lambda tree: jax.tree.map(
-        lambda x: x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x, tree)
-    out, vjp = jax.vjp(reference_fn, *up(args))
-    return [out] + [grad for grad in vjp(up(cotangent)) if grad is not None]
+    out, vjp = jax.vjp(reference_fn, *to_float32(args))
+    return [out] + [grad for grad in vjp(to_float32(cotangent)) if grad is not None]
 
 
 def distance(got, want) -> float:

@@ -15,7 +15,7 @@ from jaxlab.kernels import dispatch
 from jaxlab.kernels.norm_attention import fused_norm_attention, mosaic_backward, mosaic_gpu
 from jaxlab.kernels.norm_attention.reference import head_norm
 from tests.kernels.helpers import (COMPILED, KERNEL_IMPL, assert_matches_reference, close,
-                                   distance, examples)
+                                   distance, examples, to_float32)
 
 pytestmark = pytest.mark.skipif(not mosaic_gpu.available(),
                                 reason=f"Mosaic GPU needs jax ≥ 0.11, this is {jax.__version__}")
@@ -154,7 +154,7 @@ def test_without_a_norm_the_values_are_as_accurate_as_the_reference():
         *arrays, qk_norm=None, normalizer="softmax", causal=False, impl=impl, gpu_kernel=kernel,
         length_scale=True, sm_scale=1 / d))
     kernel, reference = call(KERNEL_IMPL, "mosaic"), call("xla", "triton")
-    truth = reference(*(x.astype(jnp.float32) for x in args))
+    truth = reference(*to_float32(args))
     assert distance(kernel(*args), truth) <= 2 * distance(reference(*args), truth)
     check_gradients(t, s, (2, 2), d, None, "softmax", False, jnp.bfloat16, False, True)
 

@@ -11,7 +11,7 @@ from jaxlab.kernels.norm_attention import fused_norm_attention as any_kernel
 from jaxlab.ops.attention import softmax_attention
 from jaxlab.errors import ConfigError
 from tests.kernels.helpers import (KERNEL_IMPL, SMALL_DIMS, assert_matches_reference, close,
-                                   distance, examples)
+                                   distance, examples, to_float32)
 
 # On a Hopper GPU gpu_kernel="auto" would hand 16-bit head dims 64 and 128 to Mosaic GPU.
 fused_norm_attention = functools.partial(any_kernel, gpu_kernel="triton")
@@ -81,7 +81,7 @@ def test_without_a_norm_the_values_are_as_accurate_as_the_reference(length_scale
     call = lambda impl: (lambda *arrays: fused_norm_attention(
         *arrays, qk_norm=None, impl=impl, length_scale=length_scale,
         sm_scale=1 / d if length_scale else None))
-    truth = call("xla")(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32))
+    truth = call("xla")(*to_float32((q, k, v)))
     assert distance(call(KERNEL_IMPL)(q, k, v), truth) <= 2 * distance(call("xla")(q, k, v), truth)
     assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v), jnp.bfloat16)
 
