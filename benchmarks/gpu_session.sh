@@ -1,41 +1,31 @@
 #!/usr/bin/env bash
 # The GPU checks of the kernels and training issues on one GPU: parity of the compiled kernels
-# (Triton and Mosaic GPU) with the XLA references, then the kernel benchmark (the Mosaic GPU
-# launch sweep, the TFLOP/s table, the fused norm's GB/s with a rows × warps × steps sweep,
-# the linear-attention crossover), optionally the Triton launch sweep and the MFU table.
+# (Triton and Mosaic GPU) with the XLA references, and the kernel benchmark: the issue's table
+# in one run of benchmarks/kernels.py (the fused norm's GB/s, then norm-attention's TFLOP/s at
+# head dim 64 and 128, T 1k-16k, next to the cuDNN path and XLA), and optional parts.
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR]      # logs land in OUT_DIR (default gpu_results)
 #
-# Each part has its own time limit in seconds (PARITY_S, MOSAIC_S, ATTENTION_S, NORM_S,
-# LINEAR_S, SWEEP_S, MFU_S; 0 skips a part) so one slow part cannot starve the next. All of it
-# does not fit one 10-minute call (stop 17: the Mosaic GPU parity tests about 120 s on 8
-# workers, a sweep row about 4 s, a table cell about 10 s, the norm sweep over 60 s per
-# shape). The defaults (550 s) are the first call: the Mosaic sweep at T=8192, then the whole
-# table (head dim 64 and 128, T 1k–16k; CANDIDATES, default mosaic, the cuDNN path and XLA)
-# whose mosaic rows take the sweep's best settings, passed on in OUT/mosaic_settings.json so
-# that a sweep cut by its limit still hands over the best rows it finished. The second call
-# compiles the parity tests of the options built since stop 17 (PARITY_K selects tests by
-# pytest's -k), then the norm sweep (about 60 s per shape, widest rows first):
-#   MOSAIC_S=0 ATTENTION_S=0 PARITY_S=90 NORM_S=150 \
-#     PARITY_K="meet or centered or dq_in or pingpong or three or heaviest or accurate" \
-#     bash benchmarks/gpu_session.sh OUT
-# A session has 900 s of device time, starts included (about 60 s), and each call spends
-# about 10 s on device.txt: give the first call timeout_s 580, and run the second at once,
-# while the machine is still warm (it goes back after 30 s idle), with what is left.
-# The sweep times the Mosaic GPU kernels' launch settings and options: ping-pong
-# (mosaic_gpu.PINGPONG) and the ways the dK/dV kernel adds dQ (mosaic_backward.DQ_SHARES:
-# "keys", the default at head dim 64 since stop 17; "columns" at 128 and "alternate" at 64,
-# built in stop 18 and not yet run on a GPU, timed last; "split" keeps the dQ kernel) and
-# the forward's three compute warpgroups at head dim 64 (mosaic_gpu.FORWARD_WARPGROUPS,
-# stop 19, also timed last), and the programs' order (mosaic_gpu.HEAVIEST_FIRST, stop 19).
-# Its error column checks each against the cuDNN path; the parity part compiles those
-# options too (test_gradients_with_dq_shares_that_meet, test_forward_with_three_warpgroups,
-# test_heaviest_first_...), and LayerNorm's dQ in the dK/dV kernel through centered keys
-# (mosaic_backward.LAYERNORM_DQ, off until that passes), and the kernels without a qk-norm,
-# which since stop 22 keep q exact and scale the scores (test_without_a_norm_...: "accurate").
-# Extra arguments: PARITY_K, PARITY_ARGS, KERNELS_ARGS (every kernels.py part), MFU_ARGS. To time a GPT
-# with each attention kernel: MFU_S=300 MFU_ARGS="--sizes 125M --settings
-# bf16,bf16+auto,bf16+mosaic".
+# Each part has its own time limit in seconds (PARITY_S, MOSAIC_S, TABLE_S, NORMSWEEP_S,
+# CORE_S, LINEAR_S, SWEEP_S, MFU_S; 0 skips a part) so one slow part cannot starve the next,
+# and each logs to OUT/<part>.txt. A session has 900 s of device time, starts included (about
+# 60 s); each call spends about 10 s on device.txt. Stop 23 (H200) measured: the table's
+# attention rows about 45 s each (9 of its 10 in 400 s), the norm sweep over 190 s for one
+# shape, the Mosaic sweep 75 s per head dim. So the first call (the defaults) is the table
+# alone, TABLE_S 540: give it timeout_s 580. Run the second at once, while the machine is
+# still warm (it goes back after 30 s idle): the compiled parity suite, the Mosaic kernels'
+# norms priced (CORE: the same kernels on XLA-normed q, k, next to ours and the cuDNN path,
+# T=8192), and the linear-attention crossover:
+#   TABLE_S=0 PARITY_S=150 CORE_S=60 LINEAR_S=50 bash benchmarks/gpu_session.sh OUT
+# PARITY_K selects parity tests by pytest's -k; PARITY_ARGS, KERNELS_ARGS (every kernels.py
+# part) and MFU_ARGS pass more arguments. After a change to the Mosaic GPU kernels, MOSAIC_S=150
+# times their launch settings and options at T=8192 first (ping-pong, DQ_SHARES,
+# FORWARD_WARPGROUPS, HEAVIEST_FIRST: their defaults come from stop 23's sweep) and hands the
+# table its best rows through OUT/mosaic_settings.json, so that a sweep cut by its limit still
+# hands over the rows it finished. NORMSWEEP_S times the fused norm's rows × warps × steps
+# launches (fused_norm.api.default_launches took its GPU defaults from stop 23's d=4096
+# sweep). To time a GPT with each attention kernel: MFU_S=300 MFU_ARGS="--sizes 125M
+# --settings bf16,bf16+auto,bf16+mosaic".
 set -u
 out=${1:-gpu_results}
 mkdir -p "$out"
@@ -55,17 +45,24 @@ part() {  # part NAME SECONDS COMMAND...: run unless SECONDS is 0, log to OUT/NA
 
 if [ "${PARITY_S:-0}" != 0 ]; then
   echo "== parity: compiled kernels vs XLA references (fp32 at full precision, bf16)"
+  # The GPU machine's Python may lack the training stack: leave out the modules that need it.
+  skip=()
+  python -c "import ml_collections" 2>/dev/null || {
+    skip=(--ignore tests/kernels/test_cudnn_path.py --ignore tests/kernels/test_model_kernels.py)
+    echo "ml_collections is not installed: left out ${skip[*]}"; }
   # -v names every test in the log, so a run cut by its limit still says what passed
   JAX_PLATFORMS=cuda JAXLAB_TEST_KERNELS=pallas JAX_DEFAULT_MATMUL_PRECISION=highest \
-    timeout "$PARITY_S" python -m pytest -v -p no:cacheprovider -n 8 --timeout 150 \
+    timeout "$PARITY_S" python -m pytest -v -p no:cacheprovider -n 8 --timeout 150 ${skip[@]+"${skip[@]}"} \
     ${PARITY_K:+-k "$PARITY_K"} ${PARITY_ARGS:-} tests/kernels > "$out/parity.txt" 2>&1
   echo "parity exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/parity.txt" | tail -25
 fi
 
 settings="$out/mosaic_settings.json"
-part mosaic "${MOSAIC_S:-150}" python benchmarks/kernels.py --parts mosaicsweep --sweep-length 8192 --mosaic-settings "$settings" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
-part attention "${ATTENTION_S:-400}" python benchmarks/kernels.py --parts attention --mosaic-settings "$settings" --candidates "${CANDIDATES:-mosaic,xla-norm+cudnn,xla}" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
-part norm "${NORM_S:-0}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
-part linear "${LINEAR_S:-0}" python benchmarks/kernels.py --parts linear --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+candidates="${CANDIDATES:-mosaic,xla-norm+cudnn,xla}"
+part mosaic "${MOSAIC_S:-0}" python benchmarks/kernels.py --parts mosaicsweep --sweep-length 8192 --mosaic-settings "$settings" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part table "${TABLE_S:-540}" python benchmarks/kernels.py --parts norm,attention --mosaic-settings "$settings" --candidates "$candidates" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part normsweep "${NORMSWEEP_S:-0}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part core "${CORE_S:-0}" python benchmarks/kernels.py --parts attention --lengths 8192 --candidates mosaic,xla-norm+mosaic,xla-norm+cudnn --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+part linear "${LINEAR_S:-0}" python benchmarks/kernels.py --parts linear --lengths 1024,2048,4096 --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part sweep "${SWEEP_S:-0}" python benchmarks/kernels.py --parts blocks --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part mfu "${MFU_S:-0}" python benchmarks/mfu.py ${MFU_ARGS:-}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -27,13 +28,15 @@ from jaxlab.kernels.linear_attention import chunked_linear_attention  # noqa: E4
 from jaxlab.kernels.norm_attention import fused_norm_attention  # noqa: E402
 from jaxlab.kernels.norm_attention import cudnn as norm_cudnn  # noqa: E402
 from jaxlab.kernels.norm_attention import mosaic_backward, mosaic_gpu  # noqa: E402
+from jaxlab.kernels.norm_attention.reference import head_norm  # noqa: E402
 
 
 def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, tiles=None,
-                         mosaic_tiles=None):
+                         mosaic_tiles=None, on_gpu: bool | None = None):
     """tiles: keyword arguments of fused_norm_attention that set the Triton launch (blocks,
     warps, stages), e.g. the sweep's best; mosaic_tiles: the Mosaic GPU forward's (block_k,
-    num_stages); None for the defaults."""
+    num_stages); None for the defaults. on_gpu (default: whether jax runs on one) adds the
+    GPU-only candidates."""
     def ours(q, k, v):  # the Triton-lowered kernels
         return fused_norm_attention(q, k, v, scale, scale, qk_norm="rms", causal=causal,
                                     impl=kernel_impl, gpu_kernel="triton", **(tiles or {}))
@@ -50,12 +53,24 @@ def attention_candidates(q, k, v, scale, kernel_impl: str, causal: bool = True, 
                                     impl=kernel_impl, gpu_kernel="mosaic",
                                     **(mosaic_tiles or {}))
 
+    def mosaic_core(q, k, v):  # the same kernels on XLA-normed q, k: what the norms cost them
+        qn = head_norm(q, scale, "rms", 1e-6).astype(q.dtype)
+        kn = head_norm(k, scale, "rms", 1e-6).astype(k.dtype)
+        return fused_norm_attention(qn, kn, v, qk_norm=None, causal=causal, impl=kernel_impl,
+                                    gpu_kernel="mosaic", **(mosaic_tiles or {}))
+
     candidates = {"triton": ours, "xla": xla}
-    if jax.default_backend() == "gpu":
+    if jax.default_backend() == "gpu" if on_gpu is None else on_gpu:
         candidates["xla-norm+cudnn"] = cudnn
         if mosaic_gpu.unsupported(q, k) is None:
             candidates["mosaic"] = mosaic
+            candidates["xla-norm+mosaic"] = mosaic_core
     return candidates
+
+
+# The table's ratio rows divide each candidate's rates by this one's: the pair impl="auto"
+# runs for plain softmax on a GPU, the goal's yardstick.
+RATIO_OF = "xla-norm+cudnn"
 
 
 CALLS = 1  # calls per timing sample (--calls)
@@ -250,14 +265,16 @@ def fwd_bwd(fn):
 
 def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None, only=None,
                     mosaic_tiles=None):
-    """Rows of TFLOP/s per candidate; only: the candidate names to time (None: all)."""
+    """Rows of (name, fwd, bwd, fwd+bwd TFLOP/s) per candidate, or (name, a note): every
+    candidate's passes interleaved in one timing, so the ratio rows against the cuDNN path
+    (RATIO_OF) compare runs that machine noise hit alike; only: the candidate names to time
+    (None: all)."""
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
     flops_fwd = 4 * b * h * t * t * d / 2  # causal
-    rows = []
+    rows, passes, outputs = [], {}, {}
     logits_gib = 4 * b * h * t * t / 2 ** 30
-    results = {}
     for name, fn in attention_candidates(q, k, v, scale, kernel_impl, tiles=tiles,
                                          mosaic_tiles=mosaic_tiles).items():
         if only is not None and name not in only:
@@ -267,30 +284,44 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None, only=Non
         if name == "xla" and logits_gib >= 8:
             rows.append((name, f"skipped: its float32 logits alone take {logits_gib:.0f} GiB"))
             continue
-        f = jax.jit(fn)
-        g = fwd_bwd(fn)
-        try:
-            times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)},
-                                rounds)
-        except Exception as error:  # e.g. the all-XLA path out of memory at long T: a row
+        f, g = jax.jit(fn), fwd_bwd(fn)
+        try:  # compiled and run once apart, so one that fails (e.g. out of memory) is a row
+            outputs[name] = jax.block_until_ready((f(q, k, v), g(q, k, v)))
+        except Exception as error:
             rows.append((name, f"failed: {str(error).splitlines()[0][:120]}"))
             continue
-        bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
-        rows.append((name, flops_fwd / times["fwd"] / 1e12, 2.5 * flops_fwd / bwd / 1e12,
-                     3.5 * flops_fwd / times["fwd+bwd"] / 1e12))
-        if name in ("triton", "xla", "mosaic"):  # kept for the error lines below
-            results[name] = f(q, k, v), g(q, k, v)
-    for name in ("triton", "mosaic"):
-        if name in results and "xla" in results:
-            error = relative_error(results[name], results["xla"])
-            rows.append((f"{name} vs xla", f"relative error {error:.1e} (values and gradients)"))
+        passes[f"{name} fwd"] = functools.partial(f, q, k, v)
+        passes[f"{name} fwd+bwd"] = functools.partial(g, q, k, v)
+    times = interleaved(passes, rounds) if passes else {}
+    rates = {}
+    for name in outputs:
+        fwd, both = times[f"{name} fwd"], times[f"{name} fwd+bwd"]
+        rates[name] = (flops_fwd / fwd / 1e12, 2.5 * flops_fwd / max(both - fwd, 1e-12) / 1e12,
+                       3.5 * flops_fwd / both / 1e12)
+        rows.append((name, *rates[name]))
+    base = RATIO_OF
+    ratio_pairs = [(name, base) for name in rates if name != base]
+    ratio_pairs += [(name, "xla") for name in ("triton", "mosaic") if name in rates]
+    for name, other in ratio_pairs:
+        if other in rates:
+            ratios = " ".join(f"{mine / theirs:7.2f}x" for mine, theirs in
+                              zip(rates[name], rates[other]))
+            rows.append((f"{name} / {other}", ratios))
+    # the errors against the XLA path, or the cuDNN path where XLA's logits do not fit
+    want = "xla" if "xla" in outputs else base
+    for name in ("triton", "mosaic", "xla-norm+mosaic"):
+        if name in outputs and want in outputs:
+            error = relative_error(outputs[name], outputs[want])
+            rows.append((f"{name} vs {want}", f"relative error {error:.1e} (values and "
+                                              "gradients)"))
     return rows
 
 
 # The backward at d=4096 ran at 14% of copy with 8 rows × 4 warps (256 float32 values per
 # thread per array): more warps and fewer rows are the first things to try; then blocks of 64
 # rows walked 1 or 2 rows at a time, which keep the registers of the small blocks but write
-# 8-64× fewer partial sums of dscale.
+# 8-64× fewer partial sums of dscale. Stop 23's H200 sweep at d=4096 set the GPU defaults
+# from these (fused_norm.api.default_launches); each launch here sets both passes.
 NORM_SWEEP = [(rows_factor, warps) for rows_factor in (0.25, 0.5, 1) for warps in (4, 8, 16)]
 NORM_WALKS = [(64, step, warps) for step in (1, 2) for warps in (4, 8)]
 
@@ -415,6 +446,21 @@ def main():
                 cell = cell if isinstance(cell, str) else f"{cell[0]:8.1f}   error {cell[1]:.1e}"
                 print(f"  d={d:4d} {part} {str(setting):18s} {cell}", flush=True)
             print(f"  d={d:4d} best: {mosaic_tuned[d]}")
+    print("\nfused RMSNorm + residual, GB/s (forward: x, r in, y, h out; backward: h, dy, dh in,"
+          " dx out); the copy reads and writes x")
+    # Before the attention table, whose long rows a time limit may cut. 512 MiB per array:
+    # large enough that dispatch (tens of µs) does not bound the time. The widest rows first:
+    # their backward ran at 14% of copy (stop 14), the sweep's main question.
+    norm_shapes = [(64, 32)] if args.smoke else [(65536, 4096), (262144, 1024), (131072, 2048)]
+    for n, d in (norm_shapes if "norm" in parts else []):
+        rates = bench_norm(n, d, dtype, impl, rounds, sweep="normsweep" in parts)
+        print(f"  {n}x{d}: copy {rates['copy']:.0f}")
+        for part in ("fwd", "fwd+bwd"):
+            chosen = {name: rate for name, rate in rates.items() if name != "copy"
+                      and name.endswith("fwd+bwd") == (part == "fwd+bwd")}
+            for name, rate in sorted(chosen.items(), key=lambda kv: -kv[1]):
+                print(f"    {part:8s} {name.removesuffix(' fwd+bwd'):28s} {rate:7.0f}  "
+                      f"({100 * rate / rates['copy']:.0f}% of copy)")
     print("\nfused norm-attention (rms qk-norm, causal), TFLOP/s: fwd / bwd / fwd+bwd"
           + ("; triton with the sweep's best settings" if tuned else "")
           + ("; mosaic with its sweep's best settings" if mosaic_tuned else ""))
@@ -429,20 +475,6 @@ def main():
             for name, *rates in rows:
                 cells = " ".join(f"{r:8.1f}" for r in rates) if len(rates) == 3 else rates[0]
                 print(f"  d={d:4d} T={t:6d} {name:15s} {cells}", flush=True)
-    print("\nfused RMSNorm + residual, GB/s (forward: x, r in, y, h out; backward: h, dy, dh in,"
-          " dx out); the copy reads and writes x")
-    # 512 MiB per array: large enough that dispatch (tens of µs) does not bound the time. The
-    # widest rows first: their backward ran at 14% of copy (stop 14), the sweep's main question.
-    norm_shapes = [(64, 32)] if args.smoke else [(65536, 4096), (262144, 1024), (131072, 2048)]
-    for n, d in (norm_shapes if "norm" in parts else []):
-        rates = bench_norm(n, d, dtype, impl, rounds, sweep="normsweep" in parts)
-        print(f"  {n}x{d}: copy {rates['copy']:.0f}")
-        for part in ("fwd", "fwd+bwd"):
-            chosen = {name: rate for name, rate in rates.items() if name != "copy"
-                      and name.endswith("fwd+bwd") == (part == "fwd+bwd")}
-            for name, rate in sorted(chosen.items(), key=lambda kv: -kv[1]):
-                print(f"    {part:8s} {name.removesuffix(' fwd+bwd'):28s} {rate:7.0f}  "
-                      f"({100 * rate / rates['copy']:.0f}% of copy)")
     print("\nchunked linear attention fwd+bwd speed-up over cuDNN softmax attention, and over "
           "the chunked XLA reference")
     for t in (lengths if "linear" in parts else []):

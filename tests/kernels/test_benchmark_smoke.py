@@ -26,6 +26,27 @@ def test_every_part_runs_at_smoke_size():
     assert "T=    64:" in out
 
 
+def test_the_gpu_candidates_compute_the_same_attention(monkeypatch):
+    """The table's GPU rows, interpreted: the Mosaic kernels with their own norms, and on
+    XLA-normed q, k (the row that prices the norms), equal the XLA path."""
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+    from benchmarks import kernels
+    from jaxlab.kernels.norm_attention import cudnn, mosaic_gpu
+    if not mosaic_gpu.available():
+        pytest.skip(f"Mosaic GPU's interpreter needs jax >= 0.11, this is {jax.__version__}")
+    monkeypatch.setattr(cudnn, "IMPLEMENTATION", "xla")  # cuDNN itself needs a GPU
+    q, k, v = (jax.random.normal(key, (1, 70, 2, 64), jnp.bfloat16)
+               for key in jax.random.split(jax.random.key(0), 3))
+    scale = 1 + 0.1 * jax.random.normal(jax.random.key(1), (64,))
+    candidates = kernels.attention_candidates(q, k, v, scale, "interpret", on_gpu=True)
+    want = candidates["xla"](q, k, v).astype(jnp.float32)
+    for name in ("xla-norm+cudnn", "mosaic", "xla-norm+mosaic"):
+        got = candidates[name](q, k, v).astype(jnp.float32)
+        assert float(jnp.abs(got - want).max()) < 2e-2 * float(jnp.abs(want).max()), name
+
+
 def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
     sys.path.insert(0, str(ROOT))
     from benchmarks import kernels

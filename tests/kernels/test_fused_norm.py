@@ -7,6 +7,7 @@ from hypothesis import given, strategies as st
 from jaxlab.errors import ConfigError
 from jaxlab.kernels import dispatch, last_path
 from jaxlab.kernels.fused_norm import fused_norm
+from jaxlab.kernels.fused_norm.api import default_launches
 from jaxlab.kernels.fused_norm.reference import fused_norm_reference
 from tests.kernels.helpers import COMPILED, KERNEL_IMPL, assert_matches_reference, examples
 
@@ -49,6 +50,19 @@ def test_programs_walk_their_block_in_steps(kind, residual, step):
     # 37 rows in blocks of 16: three programs, the last one padded, each walking its rows
     check_matches_reference(37, 64, kind, residual, True, jnp.float32, block_rows=16,
                             step_rows=step)
+
+
+@pytest.mark.skipif(COMPILED, reason="sets the backend to a GPU on the CPU")
+@pytest.mark.parametrize("kind,residual", [("rms", True), ("layer", False)])
+def test_gpu_default_launches_differ_per_pass_and_match_reference(monkeypatch, kind, residual):
+    """On a GPU the forward takes small blocks and the backward 64-row blocks walked a few
+    rows at a time (`default_launches`): 150 rows pad to 192, six forward programs of 32 rows
+    and three backward ones of 64 rows in steps of 8."""
+    monkeypatch.setattr(dispatch, "backend", lambda: "gpu")
+    forward, backward = default_launches(150, 512, "gpu")
+    assert forward == (32, 4, 32) and backward == (64, 4, 8)
+    check_matches_reference(150, 512, kind, residual, True, jnp.float32)
+    check_matches_reference(150, 512, kind, residual, False, jnp.bfloat16)
 
 
 def test_launch_settings_are_checked():
