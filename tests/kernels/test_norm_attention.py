@@ -5,7 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from jaxlab.kernels.norm_attention import fused_norm_attention as any_kernel
 from jaxlab.ops.attention import softmax_attention
@@ -26,11 +26,18 @@ STRATEGIES = dict(
     causal=st.booleans(),
     masked=st.booleans(),
     segmented=st.booleans(),
+    length_scale=st.booleans(),  # LSSA's: logits × log d · log n_i, n_i the keys query i sees
     dtype=st.sampled_from([jnp.float32, jnp.bfloat16]))
 
 
 def check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
-                            dtype):
+                            length_scale, dtype):
+    assume(not (segmented and length_scale))  # refused: the API counts no keys per segment
+    # In 16 bits LSSA's scale (4.3 at d=8, s=8) makes logits large enough that rounding the
+    # normalized q and k alone moves the gains' gradients past the tolerance: at t=1, exact
+    # math on bf16-rounded q', k' lands 0.013-0.042 from float32, the kernel 0.022-0.033.
+    # So the draws check its logic in float32; the no-norm tests check its 16-bit accuracy.
+    assume(not length_scale or dtype == jnp.float32)
     h, h_kv = heads
     s = t + extra_keys
     keys = jax.random.split(jax.random.key(t * 31 + s), 6)
@@ -46,25 +53,25 @@ def check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal
         segments = (q_ids[:, s - t:], q_ids)
     call = lambda impl: (lambda q, k, v, a, b: fused_norm_attention(
         q, k, v, a, b, mask, qk_norm=qk_norm, normalizer=normalizer, causal=causal, impl=impl,
-        block_q=16, block_k=16, segment_ids=segments))
+        block_q=16, block_k=16, segment_ids=segments, length_scale=length_scale))
     assert_matches_reference(call(KERNEL_IMPL), call("xla"), (q, k, v, q_scale, k_scale), dtype)
 
 
 @examples(3)
 @given(**STRATEGIES)
 def test_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
-                           dtype):
+                           length_scale, dtype):
     check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
-                            dtype)
+                            length_scale, dtype)
 
 
 @pytest.mark.slow
 @examples(15)
 @given(**STRATEGIES)
 def test_matches_reference_wide(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked,
-                                segmented, dtype):
+                                segmented, length_scale, dtype):
     check_matches_reference(t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented,
-                            dtype)
+                            length_scale, dtype)
 
 
 @pytest.mark.parametrize("length_scale", [False, True])
@@ -115,10 +122,12 @@ def test_large_logits_do_not_overflow_in_bf16():
         assert bool(jnp.isfinite(out.astype(jnp.float32)).all())
 
 
-@pytest.mark.parametrize("normalizer,qk_norm", [("softmax", "rms"), ("softplus", "layer")])
-def test_ragged_grouped_causal_masked(normalizer, qk_norm):
+@pytest.mark.parametrize("normalizer,qk_norm,length_scale", [("softmax", "rms", False),
+                                                             ("softplus", "layer", True)])
+def test_ragged_grouped_causal_masked(normalizer, qk_norm, length_scale):
     check_matches_reference(t=37, extra_keys=7, heads=(4, 2), d=16, qk_norm=qk_norm,
-                            normalizer=normalizer, causal=True, masked=True, segmented=True,
+                            normalizer=normalizer, causal=True, masked=True,
+                            segmented=not length_scale, length_scale=length_scale,
                             dtype=jnp.float32)
 
 

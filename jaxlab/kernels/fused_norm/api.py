@@ -15,16 +15,17 @@ OP = "fused_norm"
 
 # Backends where impl="auto" takes XLA. On an H200 (benchmarks/RESULTS.md, stop 23, 65536 ×
 # 4096 bf16 with a residual) XLA's norm forward+backward ran at 125% of copy bandwidth, this
-# kernel's best launch at 102% (its forward alone at 118%, against XLA's 99%). Training
-# needs both passes, so auto takes XLA there until a kernel launch measures faster;
-# impl="pallas" still runs the kernel.
+# kernel's best launch at 102% (its forward alone at 118%, against XLA's 99%). XLA's number
+# is flattered: the timed function returned only gradients, so XLA wrote no y and h, which
+# the benchmark now returns too. Until that is timed with the launches below, auto takes XLA
+# there; impl="pallas" still runs the kernel.
 XLA_FASTER_ON = frozenset({"gpu"})
 # The GPU's default launches (Triton), per pass, from the same H200 sweep at d=4096. The
 # forward ran best with small blocks: 4 rows × 4 warps at 117% of copy (8 rows at 87%). The
 # backward needs the opposite: small blocks write one partial sum of dscale per block, and
-# whole wide blocks spill registers (8 rows at 16%); blocks of 64 rows walked one 4096-wide
-# row at a time ran forward+backward at 102%. So the forward takes about 16K elements per
-# program, and the backward 64 rows walked about 4K elements at a time.
+# whole wide blocks likely spill registers (8 rows at 16%); blocks of 64 rows walked one
+# 4096-wide row at a time ran forward+backward at 102%. So the forward takes about 16K
+# elements per program, and the backward 64 rows walked about 4K elements at a time.
 GPU_FORWARD_ELEMENTS = 16384
 GPU_BACKWARD_ROWS = 64
 GPU_BACKWARD_STEP_ELEMENTS = 4096
