@@ -34,7 +34,8 @@ def rounded_flash(q, k, v, q_scale, k_scale, key_mask_bs, cotangent, kernel_out,
     """[out, dq, dk, dv, dq_scale, dk_scale] of the kernels' arithmetic for the cotangent (the
     gains' gradients 0 without a qk-norm); δ is taken of kernel_out, as the kernels take it."""
     f32 = lambda x: x.astype(jnp.float32)
-    rounded = lambda x: x.astype(dtype).astype(jnp.float32)
+    # float32 rounded to dtype's precision; unlike a cast down and up, no compiler removes it
+    rounded = lambda x: jax.lax.reduce_precision(x, jnp.finfo(dtype).nexp, jnp.finfo(dtype).nmant)
     b, t, h, d = q.shape
     h_kv = k.shape[2]
     per_group = lambda x: f32(x).reshape(b, t, h_kv, h // h_kv, d)  # [b, t, h_kv, group, d]

@@ -44,6 +44,18 @@ def test_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, 
     check_matches_reference(t, chunk, dims, feature_map, normalize, output_norm, dtype)
 
 
+@pytest.mark.parametrize("t", [1, 5])
+def test_small_denominators_cancel_as_in_exact_math(t):
+    """A soak's find (bf16, relu features, normalized): rows whose φ(q)·φ(k) is small (3e-3
+    at t=5) and that see one key, whose value is then their output and whose dq and dk are 0.
+    The kernels rounded the weights for the numerator but summed them unrounded, and rounded
+    ∂L/∂num for its products but not for ∂L/∂den, and over a small denominator neither
+    cancelled: dk was 0.032 from float32 at t=1 (the reference's 6e-8), dq 0.38 at t=5 (the
+    reference's 0.0033). Both now take the rounded values: dk 0.0000, dq 0.0073."""
+    check_matches_reference(t, SMALL_DIMS[0], (SMALL_DIMS[0],) * 2, "relu", True, False,
+                            jnp.bfloat16)
+
+
 @pytest.mark.slow
 @examples(12)
 @given(**STRATEGIES)

@@ -71,7 +71,12 @@ def _causal_t(c):
 
 def _chunk_outputs(s: Setup, q, k, v, state, zsum, dtype):
     """(num, den) of one chunk given the state of all earlier chunks (zsum: [1, dk])."""
-    a = mm_t(q, k, dtype) * _causal(s.chunk)
+    # The numerator's product reads the weights in `dtype`, and the denominator sums the same
+    # rounded weights, so that the values are weighed by weights that sum to 1: a row that sees
+    # one key returns its value and, as in exact math, gets no gradient to q or k. Summed
+    # unrounded, over a small denominator (relu features that barely overlap) their rounding
+    # took dq 100× as far from float32 as the reference's (test_linear_attention_kernel.py).
+    a = (mm_t(q, k, dtype) * _causal(s.chunk)).astype(dtype).astype(jnp.float32)
     num = mm(a, v, dtype) + mm(q, state, dtype)
     den = jnp.sum(a, axis=1) + jnp.sum(q * zsum, axis=1)
     return num, den
@@ -117,8 +122,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, gain_ref, do_ref, state_ref, z_ref,
         d_out = rstd * (dy_hat - ohat * jnp.mean(dy_hat * ohat, axis=1, keepdims=True))
     if s.normalize:
         inv = 1.0 / (den + s.eps)
-        g = d_out * inv[:, None]
-        h = -jnp.sum(d_out * num, axis=1) * inv * inv
+        # G rounded to `dtype` here, as every product reads it, and H taken of that G, so
+        # that ∂L/∂a_tj = G_t·v_j + H_t = G_t·(v_j − out_t) cancels where exact math does.
+        g = (d_out * inv[:, None]).astype(dtype).astype(jnp.float32)
+        h = -jnp.sum(g * num, axis=1) * inv
     else:
         g, h = d_out * s.scale, jnp.zeros((s.chunk,), jnp.float32)
     p = (mm_t(g, v, dtype) + h[:, None]) * _causal(s.chunk)

@@ -182,7 +182,6 @@ def forward(q, k, v, q_scale, k_scale, key_mask=None, row_scale=None, *,
     (True: the key may be seen) or None, row_scale [b, t] (a factor on each query's logits,
     e.g. LSSA's length scale) or None -> (o [b, t, h, d], statistic [b, h, t] float32)."""
     b, t, h, d = q.shape
-    s_len, h_kv = k.shape[1], k.shape[2]
     w = forward_warpgroups(d)
     g = geometry(q, k, qk_norm=qk_norm, normalizer=normalizer, causal=causal,
                  sm_scale=sm_scale, eps=eps, block_k=block_kv, stages=stages,
