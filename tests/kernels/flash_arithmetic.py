@@ -14,9 +14,9 @@ the reference's answers (tests/kernels/test_norm_attention.py checks that).
 import jax
 import jax.numpy as jnp
 
+from jaxlab.kernels.norm_attention.pallas import LOG2_E
 from jaxlab.kernels.norm_attention.reference import head_norm, logit_factors, visible_keys
 
-LOG2_E = 1.4426950408889634
 HIGHEST = jax.lax.Precision.HIGHEST
 
 

@@ -70,6 +70,22 @@ def assert_matches_reference(kernel_fn, reference_fn, args, dtype, grad_scale=2.
                 ) from mismatch
 
 
+def with_changed_gradient(fn, index, change):
+    """fn whose gradient to argument `index` is change(the true one): a wrong kernel, for
+    checking that the parity check catches it."""
+    @jax.custom_vjp
+    def wrong(*args):
+        return fn(*args)
+
+    def backward(vjp, cotangent):
+        grads = list(vjp(cotangent))
+        grads[index] = change(grads[index])
+        return tuple(grads)
+
+    wrong.defvjp(lambda *args: jax.vjp(fn, *args), backward)
+    return wrong
+
+
 def to_float32(tree):
     """Every 16-bit array of the tree cast up to float32."""
     return jax.tree.map(

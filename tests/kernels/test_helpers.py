@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import pytest
 
 from jaxlab.kernels.linear_attention import chunked_linear_attention
-from tests.kernels.helpers import TOLERANCE, assert_matches_reference, close, float32_answers
+from tests.kernels.helpers import (TOLERANCE, assert_matches_reference, close, float32_answers,
+                                   with_changed_gradient)
 
 
 def one_token_through_rmsnorm(q, k, v, gain):
@@ -21,22 +22,6 @@ def inputs():
     return q, k, v, jnp.ones((8,))
 
 
-def with_wrong_dk(fn):
-    @jax.custom_vjp
-    def wrong(*args):
-        return fn(*args)
-
-    def forward(*args):
-        return jax.vjp(fn, *args)
-
-    def backward(vjp, cotangent):
-        dq, dk, dv, dgain = vjp(cotangent)
-        return dq, 3 * dk + 0.05, dv, dgain
-
-    wrong.defvjp(forward, backward)
-    return wrong
-
-
 def test_the_reference_alone_misses_the_tolerance_here():
     """The case the fallback exists for: bf16 rounding moves the reference's own dk from its
     float32 value by more than the 2e-2 tolerance."""
@@ -50,6 +35,7 @@ def test_the_reference_alone_misses_the_tolerance_here():
 
 def test_a_wrong_gradient_fails_even_where_the_reference_is_noisy():
     with pytest.raises(AssertionError, match="more than twice the reference's"):
-        assert_matches_reference(with_wrong_dk(one_token_through_rmsnorm),
+        assert_matches_reference(with_changed_gradient(one_token_through_rmsnorm, 1,
+                                                       lambda dk: 3 * dk + 0.05),
                                  one_token_through_rmsnorm, inputs(), jnp.bfloat16)
 

@@ -12,7 +12,7 @@ from jaxlab.ops.attention import softmax_attention
 from jaxlab.errors import ConfigError
 from tests.kernels.flash_arithmetic import flash_answers
 from tests.kernels.helpers import (COMPILED, KERNEL_IMPL, SMALL_DIMS, assert_matches_reference,
-                                   close, distance, examples, to_float32)
+                                   close, distance, examples, to_float32, with_changed_gradient)
 
 # On a Hopper GPU gpu_kernel="auto" would hand 16-bit head dims 64 and 128 to Mosaic GPU.
 fused_norm_attention = functools.partial(any_kernel, gpu_kernel="triton")
@@ -134,23 +134,8 @@ def test_a_gain_gradient_over_many_rows_matches_the_kernels_arithmetic():
         assert distance(rounded_gain, exact_gain) > 2e-2 * float(jnp.abs(exact_gain).max())
     assert_matches_reference(kernel, reference_fn, args, jnp.bfloat16, yardstick=yardstick)
     with pytest.raises(AssertionError, match="answer 4 "):
-        assert_matches_reference(scaled_gradient(kernel, 3, 1.03), reference_fn, args,
-                                 jnp.bfloat16, yardstick=yardstick)
-
-
-def scaled_gradient(fn, index, factor):
-    """fn with the gradient of its argument `index` multiplied by factor: a wrong kernel."""
-    @jax.custom_vjp
-    def wrong(*args):
-        return fn(*args)
-
-    def backward(vjp, cotangent):
-        grads = list(vjp(cotangent))
-        grads[index] = grads[index] * factor
-        return tuple(grads)
-
-    wrong.defvjp(lambda *args: jax.vjp(fn, *args), backward)
-    return wrong
+        assert_matches_reference(with_changed_gradient(kernel, 3, lambda d: 1.03 * d),
+                                 reference_fn, args, jnp.bfloat16, yardstick=yardstick)
 
 
 @pytest.mark.parametrize("length_scale", [False, True])
