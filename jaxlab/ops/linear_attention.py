@@ -9,7 +9,7 @@ q and k are already passed through a feature map φ (see FEATURE_MAPS). Causal o
 The state (S, z) is what streaming decode carries between calls. The three forms compute the same
 thing: `recurrent` is a lax.scan over time (O(T) sequential steps), `parallel` a masked T×T
 product, `chunked` a masked product inside chunks of C tokens plus the running state between them.
-All math runs in float32.
+All math runs in float32, or float64 for float64 inputs (tests take exact answers that way).
 """
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ def _prepare(q, k, v, initial_state):
     b, _, h, dk = q.shape
     if initial_state is None:
         initial_state = zero_state(b, h, dk, v.shape[-1])
-    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    return (*f32, LinearState(*(s.astype(jnp.float32) for s in initial_state)))
+    work = jnp.result_type(q.dtype, k.dtype, v.dtype, jnp.float32)
+    return (*(x.astype(work) for x in (q, k, v)),
+            LinearState(*(s.astype(work) for s in initial_state)))
 
 
 def linear_attention_recurrent(q_bthk, k_bthk, v_bthv, *, normalize=True, scale=1.0, eps=1e-6,

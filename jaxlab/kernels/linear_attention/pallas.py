@@ -11,7 +11,10 @@ and the dK/dV kernel adds them to the chunk's own terms.
 Zero padding at the end of time is harmless: it sits in the last chunk, which feeds no other
 chunk's state, and its zero d out gives zero G and H. Tile products take the input dtype as
 operands and accumulate in float32 (jaxlab.kernels.tiles), XLA's chunk sums too; the products
-with one row or column are written as sums, since the GPU's dot needs ≥ 16.
+with one row or column are written as sums, since the GPU's dot needs ≥ 16. In 16 bits that is
+a flash kernel's trade (tests/kernels/linear_arithmetic.py lists where they round): where the
+output RMSNorm meets a near-zero output, its rstd scales that rounding in the gradients (dq 4%
+of its largest entry off in a soak's case), which the all-float32 XLA path does not.
 With `lane_dense` (TPU), the dQ kernel writes H as a [.., t, 128] slab, which XLA turns into
 the [1, chunk] row per chunk that the dK/dV kernel reads, so that no block breaks Mosaic's
 (8, 128) tiling and no kernel has to turn a column of H into a row. Per-chunk vectors (z, dz,

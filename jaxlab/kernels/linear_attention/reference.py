@@ -14,19 +14,21 @@ KERNEL_FEATURE_MAPS = ("elu1", "relu", "identity")
 
 def output_rms_norm(o, gain, eps):
     """TransNormer's output norm: RMSNorm of each head's output [..., dv] times `gain`."""
-    o32 = o.astype(jnp.float32)
-    return o32 * jax.lax.rsqrt(jnp.square(o32).mean(-1, keepdims=True) + eps) * gain
+    o = o.astype(jnp.result_type(o.dtype, jnp.float32))
+    return o * jax.lax.rsqrt(jnp.square(o).mean(-1, keepdims=True) + eps) * gain
 
 
 def chunked_linear_attention_reference(q, k, v, gain=None, *, feature_map: str = "elu1",
                                        normalize: bool = True, scale: float = 1.0,
                                        eps: float = 1e-6, output_norm: bool = False,
                                        norm_eps: float = 1e-6):
-    """q, k [b, t, h, dk], v [b, t, h, dv] -> [b, t, h, dv] (float32 math, q's dtype out)."""
+    """q, k [b, t, h, dk], v [b, t, h, dv] -> [b, t, h, dv] (float32 math, or float64 for
+    float64 inputs; q's dtype out)."""
     phi = FEATURE_MAPS[feature_map]
-    out, _ = linear_attention_parallel(phi(q.astype(jnp.float32)), phi(k.astype(jnp.float32)),
-                                       v, normalize=normalize, scale=scale, eps=eps)
-    out = out.astype(jnp.float32)
+    work = jnp.result_type(q.dtype, jnp.float32)
+    out, _ = linear_attention_parallel(phi(q.astype(work)), phi(k.astype(work)), v,
+                                       normalize=normalize, scale=scale, eps=eps)
+    out = out.astype(work)
     if output_norm:
-        out = output_rms_norm(out, 1.0 if gain is None else gain.astype(jnp.float32), norm_eps)
+        out = output_rms_norm(out, 1.0 if gain is None else gain.astype(work), norm_eps)
     return out.astype(q.dtype)
