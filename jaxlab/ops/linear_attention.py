@@ -18,6 +18,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxlab.ops.norms import compute_dtype
+
 FEATURE_MAPS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "elu1": lambda x: jax.nn.elu(x) + 1.0,
     "relu": jax.nn.relu,
@@ -48,7 +50,7 @@ def _prepare(q, k, v, initial_state):
     b, _, h, dk = q.shape
     if initial_state is None:
         initial_state = zero_state(b, h, dk, v.shape[-1])
-    work = jnp.result_type(q.dtype, k.dtype, v.dtype, jnp.float32)
+    work = compute_dtype(jnp.result_type(q.dtype, k.dtype, v.dtype))
     return (*(x.astype(work) for x in (q, k, v)),
             LinearState(*(s.astype(work) for s in initial_state)))
 

@@ -21,7 +21,12 @@ from the float64 answer when the math cancels. In float64 they are the reference
 import jax
 import jax.numpy as jnp
 
+# The kernels' own padding and sums over earlier chunks: plumbing, not arithmetic, and the
+# float64 test against the reference would catch a fault in them.
+from jaxlab.kernels.linear_attention.api import _layout, _unlayout
+from jaxlab.kernels.linear_attention.pallas import _exclusive_cumsum
 from jaxlab.ops.linear_attention import FEATURE_MAPS
+from jaxlab.ops.norms import compute_dtype
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -38,23 +43,13 @@ def linear_answers(options, chunk, dtype):
 
 def _chunked(x, chunk, work):
     """[b, t, h, d] -> [b, h, n, chunk, d] in `work`, zero-padded at the end as the kernels are."""
-    x = jnp.swapaxes(x.astype(work), 1, 2)
-    x = jnp.pad(x, ((0, 0), (0, 0), (0, -x.shape[2] % chunk), (0, 0)))
+    x = _layout(x.astype(work), chunk)
     return x.reshape(x.shape[:2] + (-1, chunk, x.shape[-1]))
 
 
 def _unchunked(x, t):
     """The inverse of _chunked."""
-    x = x.reshape(x.shape[:2] + (-1, x.shape[-1]))[:, :, :t]
-    return jnp.swapaxes(x, 1, 2)
-
-
-def _earlier(x, reverse=False):
-    """Over the chunk axis (2): the sum of the chunks before each one (or, reversed, after)."""
-    total = jax.lax.cumsum(x, axis=2, reverse=reverse)
-    zero = jnp.zeros_like(x[:, :, :1])
-    parts = (total[:, :, 1:], zero) if reverse else (zero, total[:, :, :-1])
-    return jnp.concatenate(parts, axis=2)
+    return _unlayout(x.reshape(x.shape[:2] + (-1, x.shape[-1])), t)
 
 
 def rounded_linear(q, k, v, gain, cotangent, *, chunk, dtype, feature_map="elu1",
@@ -65,15 +60,15 @@ def rounded_linear(q, k, v, gain, cotangent, *, chunk, dtype, feature_map="elu1"
     rounded = lambda x: jax.lax.reduce_precision(x, jnp.finfo(dtype).nexp, jnp.finfo(dtype).nmant)
     product = lambda spec, x, y: jnp.einsum(spec, rounded(x), rounded(y), precision=HIGHEST)
     t = q.shape[1]
-    work = jnp.promote_types(dtype, jnp.float32)  # float64 only for exact answers in tests
+    work = compute_dtype(dtype)  # float64 only for exact answers in tests
     q_raw, k_raw, v = (_chunked(x, chunk, work) for x in (q, k, v))
     phi = FEATURE_MAPS[feature_map]
     (q_phi, q_phi_vjp), (k_phi, k_phi_vjp) = jax.vjp(phi, q_raw), jax.vjp(phi, k_raw)
     causal = jnp.tril(jnp.ones((chunk, chunk), work))
     gain = jnp.ones(v.shape[-1], work) if gain is None else gain.astype(work)
 
-    state = _earlier(product("bhnck,bhncv->bhnkv", k_phi, v))
-    z = _earlier(k_phi.sum(3))                                          # [b, h, n, dk]
+    state = _exclusive_cumsum(product("bhnck,bhncv->bhnkv", k_phi, v))
+    z = _exclusive_cumsum(k_phi.sum(3))                                 # [b, h, n, dk]
     weights = rounded(product("bhntk,bhnjk->bhntj", q_phi, k_phi) * causal)
     num = (product("bhntj,bhnjv->bhntv", weights, v)
            + product("bhntk,bhnkv->bhntv", q_phi, state))
@@ -95,8 +90,9 @@ def rounded_linear(q, k, v, gain, cotangent, *, chunk, dtype, feature_map="elu1"
     else:
         g, h = d_y * scale, jnp.zeros_like(den)
     p = (product("bhntv,bhnjv->bhntj", g, v) + h[..., None]) * causal   # ∂L/∂a
-    d_state = _earlier(product("bhntk,bhntv->bhnkv", q_phi, g), reverse=True)
-    d_z = _earlier(jnp.einsum("bhnt,bhntk->bhnk", h, q_phi, precision=HIGHEST), reverse=True)
+    d_state = _exclusive_cumsum(product("bhntk,bhntv->bhnkv", q_phi, g), reverse=True)
+    d_z = _exclusive_cumsum(jnp.einsum("bhnt,bhntk->bhnk", h, q_phi, precision=HIGHEST),
+                            reverse=True)
     d_q_phi = (product("bhntj,bhnjk->bhntk", p, k_phi)
                + product("bhntv,bhnkv->bhntk", g, state) + h[..., None] * z[:, :, :, None])
     d_k_phi = (product("bhntj,bhntk->bhnjk", p, q_phi)

@@ -8,13 +8,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.ops.linear_attention import FEATURE_MAPS, linear_attention_parallel
+from jaxlab.ops.norms import compute_dtype
 
 KERNEL_FEATURE_MAPS = ("elu1", "relu", "identity")
 
 
 def output_rms_norm(o, gain, eps):
     """TransNormer's output norm: RMSNorm of each head's output [..., dv] times `gain`."""
-    o = o.astype(jnp.result_type(o.dtype, jnp.float32))
+    o = o.astype(compute_dtype(o.dtype))
     return o * jax.lax.rsqrt(jnp.square(o).mean(-1, keepdims=True) + eps) * gain
 
 
@@ -25,7 +26,7 @@ def chunked_linear_attention_reference(q, k, v, gain=None, *, feature_map: str =
     """q, k [b, t, h, dk], v [b, t, h, dv] -> [b, t, h, dv] (float32 math, or float64 for
     float64 inputs; q's dtype out)."""
     phi = FEATURE_MAPS[feature_map]
-    work = jnp.result_type(q.dtype, jnp.float32)
+    work = compute_dtype(q.dtype)
     out, _ = linear_attention_parallel(phi(q.astype(work)), phi(k.astype(work)), v,
                                        normalize=normalize, scale=scale, eps=eps)
     out = out.astype(work)
