@@ -82,7 +82,7 @@ def main():
     for name, r in rows.items():
         print(f"{name:34s} {mib(r['params']):9.1f} {mib(r['opt']):9.1f} {mib(r['temp']):9.1f}"
               f"  {(r['params'] + r['opt']) / ideal:27.2f}")
-    print(f"\nrematerialization on the FSDP mesh (model.remat): temp MiB per device, compile s")
+    print("\nrematerialization on the FSDP mesh (model.remat): temp MiB per device, compile s")
     for policy in ("none", "dots", "full"):
         r = measure(args.width, args.depth, args.seq, args.batch, MESHES["FSDP (fsdp=8)"], policy)
         print(f"  {policy:6s} {mib(r['temp']):9.1f} {r['compile_s']:8.1f}")

@@ -39,3 +39,13 @@ def fully_optimized():
     jax.config.update(flag, False)
     yield
     jax.config.update(flag, was)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """XLA:CPU maps each compiled program's code into memory regions of its own, and jax's
+    caches keep every program alive; past the kernel's limit of 65530 regions per process
+    (vm.max_map_count) the next compile segfaults. A worker of the default run reached 25k
+    by its end; dropping the caches after each module keeps a worker at one module's count."""
+    yield
+    jax.clear_caches()

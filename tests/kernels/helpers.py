@@ -1,4 +1,5 @@
 """Shared checks: the kernel path's values and VJP against the XLA reference's."""
+import itertools
 import os
 
 import jax
@@ -28,6 +29,24 @@ def examples(n: int) -> settings:
     return settings(max_examples=n * SOAK, deadline=None, derandomize=SOAK == 1)
 
 
+# How many soak draws run between releases of jax's caches (below).
+RELEASE_EVERY = 25
+_soak_draws = itertools.count(1)
+
+
+def release_compiled_programs_when_soaking():
+    """Each draw compiles programs of its own, XLA:CPU maps each one's code into memory regions
+    of their own, and jax's caches keep them all: a linear-attention soak passed the kernel's
+    limit of 65530 regions per process (vm.max_map_count) after a few hundred draws, and the
+    next compile segfaulted. Parity checks call this before each draw; when soaking, every
+    RELEASE_EVERY-th call drops the caches. Dropping them at every call also recompiles the
+    programs the draws share, each time: 600 draws had not finished in 14 minutes, against
+    11:40 this way. CI's few draws per test are covered by conftest's release after each
+    module."""
+    if SOAK > 1 and next(_soak_draws) % RELEASE_EVERY == 0:
+        jax.clear_caches()
+
+
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2, jnp.float16: 1e-2}
 # How far past the tolerance a kernel's 16-bit arithmetic (its yardstick) may land and still
 # count as rounding: the soak cases it admits missed by 1.1× (a gain's gradient over 92 rows)
@@ -35,6 +54,12 @@ TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2, jnp.float16: 1e-2}
 # further, as the linear kernels' unrounded denominator did (dq 15× at t=5), or not (dk 1.6×
 # at t=1): a net for gross flaws, not a proof of accuracy.
 ROUNDING_SLACK = 4
+# In float32, where the math cancels, how much further from float64 a kernel may land than the
+# reference or the yardstick run in float32: which order of float32 operations lands closest
+# is luck. Under XLA's full optimization an interpreted kernel landed 2.1× as far as both in a
+# soak's case (rstd of a near-zero output), and half-ulp changes of its inputs alone move the
+# exact answer a third of that. A kernel 0.1% off in dq lands 22× as far (test_helpers.py).
+FLOAT32_SLACK = 4
 
 
 def assert_matches_reference(kernel_fn, reference_fn, args, dtype, grad_scale=2.0,
@@ -49,10 +74,11 @@ def assert_matches_reference(kernel_fn, reference_fn, args, dtype, grad_scale=2.
     16 bits: the kernel passes if it matches the yardstick to the tolerance while the
     yardstick is within ROUNDING_SLACK tolerances of the reference run in float32, or if it is
     at most twice as far from that as the reference is.
-    float32: the kernel passes if it is at most twice as far from the reference run in float64
-    as the reference or the yardstick run in float32 are (the yardstick then rounds nothing
-    but float32 does, in the kernel's order of operations). A reference that computes in
-    float32 whatever it is given is its own float64 answer."""
+    float32: the kernel passes if it is at most FLOAT32_SLACK times as far from the reference
+    run in float64 as the reference or the yardstick run in float32 are (the yardstick then
+    rounds nothing but float32 does, in the kernel's order of operations). A reference that
+    computes in float32 whatever it is given is its own float64 answer."""
+    release_compiled_programs_when_soaking()
     out, vjp = jax.vjp(kernel_fn, *args)
     ref, ref_vjp = jax.vjp(reference_fn, *args)
     cotangent = jax.tree.map(
@@ -78,12 +104,13 @@ def assert_matches_reference(kernel_fn, reference_fn, args, dtype, grad_scale=2.
             elif (others is not None and matches(got, others[index], leaf_tol)
                     and matches(others[index], truth, ROUNDING_SLACK * leaf_tol)):
                 continue
-            if kernel_error > 2 * noise:
+            if kernel_error > (FLOAT32_SLACK if in_float32 else 2) * noise:
                 exact = "float64" if in_float32 else "float32"
                 raise AssertionError(
                     f"answer {index} (0: values, then gradients): {kernel_error:.3g} from the "
-                    f"{exact} reference, more than twice the {noise:.3g} of "
-                    f"{'other arithmetic' if in_float32 else 'the reference'}") from mismatch
+                    f"{exact} reference, more than {FLOAT32_SLACK if in_float32 else 2}× the "
+                    f"{noise:.3g} of {'other arithmetic' if in_float32 else 'the reference'}"
+                ) from mismatch
 
 
 def with_changed_gradient(fn, index, change):

@@ -36,7 +36,7 @@ def test_the_reference_alone_misses_the_tolerance_here():
 
 
 def test_a_wrong_gradient_fails_even_where_the_reference_is_noisy():
-    with pytest.raises(AssertionError, match="more than twice the .* of the reference"):
+    with pytest.raises(AssertionError, match="more than 2× the .* of the reference"):
         assert_matches_reference(with_changed_gradient(one_token_through_rmsnorm, 1,
                                                        lambda dk: 3 * dk + 0.05),
                                  one_token_through_rmsnorm, inputs(), jnp.bfloat16)

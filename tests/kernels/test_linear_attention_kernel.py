@@ -8,7 +8,8 @@ from hypothesis import example, given, strategies as st
 from jaxlab.kernels.linear_attention import chunked_linear_attention
 from jaxlab.ops.linear_attention import linear_attention_recurrent
 from tests.kernels.helpers import (COMPILED, KERNEL_IMPL, SMALL_DIMS, assert_matches_reference,
-                                   close, examples, with_changed_gradient)
+                                   close, examples, release_compiled_programs_when_soaking,
+                                   with_changed_gradient)
 from tests.kernels.linear_arithmetic import linear_answers
 
 STRATEGIES = dict(
@@ -69,6 +70,7 @@ def test_the_kernels_arithmetic_without_rounding_is_the_reference(t, chunk, dims
     (Not float32: where the output norm meets a near-zero output, float32 arithmetic is not
     exact to 1e-5; in a soak's case, t=1 with identity features, the float32 yardstick's dq was
     2e-5 from the exact one and the reference's 1.2e-5.)"""
+    release_compiled_programs_when_soaking()
     with jax.enable_x64(True):
         _, reference_fn, args, yardstick = parity_case(t, chunk, dims, feature_map, normalize,
                                                        output_norm, jnp.float64)
@@ -96,6 +98,16 @@ def test_a_near_zero_output_under_the_norm_matches_the_kernels_arithmetic():
     with pytest.raises(AssertionError, match="answer 1 "):
         assert_matches_reference(with_changed_gradient(kernel, 0, lambda d: 1.03 * d),
                                  reference_fn, args, jnp.bfloat16, yardstick=yardstick)
+
+
+def test_float32_noise_of_full_optimization_passes(fully_optimized):
+    """A soak's find, run with XLA's full optimization (as outside the tests): t=1, identity
+    features, the output RMSNorm, float32. The norm's rstd of a near-zero output amplifies
+    every rounding, and the interpreted kernel's dq and dk landed 2.1× as far from float64 as
+    the reference's or the float32 yardstick's (3.2e-5 against 1.5e-5): the order of float32
+    operations, not a flaw, so FLOAT32_SLACK admits it."""
+    check_matches_reference(1, SMALL_DIMS[0], (SMALL_DIMS[1], SMALL_DIMS[0]), "identity", False,
+                            True, jnp.float32)
 
 
 @pytest.mark.parametrize("t", [1, 5])

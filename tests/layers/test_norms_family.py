@@ -11,7 +11,7 @@ from jaxlab.config_defaults import transformer
 from jaxlab.errors import ConfigError
 from jaxlab.layers.attention import SoftmaxAttention
 from jaxlab.layers.common import Dense, dense, training_mode
-from jaxlab.layers.norms import LayerNorm, PowerNorm, ProgressiveRepBN, RepBN
+from jaxlab.layers.norms import PowerNorm, ProgressiveRepBN, RepBN
 from jaxlab.layers.reparam import SigmaReparamDense, SpectralNormDense, WeightNormDense
 from jaxlab.ops import norms as ops
 from jaxlab.registry import NORM
