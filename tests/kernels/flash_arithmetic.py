@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxlab.kernels.norm_attention.pallas import LOG2_E
 from jaxlab.kernels.norm_attention.reference import head_norm, logit_factors, visible_keys
+from tests.kernels.helpers import rounding_to
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -34,8 +35,7 @@ def rounded_flash(q, k, v, q_scale, k_scale, key_mask_bs, cotangent, kernel_out,
     """[out, dq, dk, dv, dq_scale, dk_scale] of the kernels' arithmetic for the cotangent (the
     gains' gradients 0 without a qk-norm); δ is taken of kernel_out, as the kernels take it."""
     f32 = lambda x: x.astype(jnp.float32)
-    # float32 rounded to dtype's precision; unlike a cast down and up, no compiler removes it
-    rounded = lambda x: jax.lax.reduce_precision(x, jnp.finfo(dtype).nexp, jnp.finfo(dtype).nmant)
+    rounded = rounding_to(dtype)
     b, t, h, d = q.shape
     h_kv = k.shape[2]
     per_group = lambda x: f32(x).reshape(b, t, h_kv, h // h_kv, d)  # [b, t, h_kv, group, d]

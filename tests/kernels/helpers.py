@@ -47,6 +47,22 @@ def release_compiled_programs_when_soaking():
         jax.clear_caches()
 
 
+def rounding_to(dtype):
+    """x ↦ x rounded to dtype's precision but kept in its own dtype: unlike a cast down and
+    up, no compiler removes it. The yardsticks round with it where the kernels do."""
+    info = jnp.finfo(dtype)
+    return lambda x: jax.lax.reduce_precision(x, info.nexp, info.nmant)
+
+
+def yardstick_beside_reference(yardstick, reference_fn, args):
+    """(yardstick's, reference's) pairs of the values and each gradient, for one random
+    cotangent: a yardstick run where its roundings do nothing must give the reference's."""
+    release_compiled_programs_when_soaking()
+    out, vjp = jax.vjp(reference_fn, *args)
+    cotangent = jax.random.normal(jax.random.key(7), out.shape, out.dtype)
+    return zip(yardstick(args, cotangent, out), [out, *vjp(cotangent)])
+
+
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2, jnp.float16: 1e-2}
 # How far past the tolerance a kernel's 16-bit arithmetic (its yardstick) may land and still
 # count as rounding: the soak cases it admits missed by 1.1× (a gain's gradient over 92 rows)
@@ -104,11 +120,12 @@ def assert_matches_reference(kernel_fn, reference_fn, args, dtype, grad_scale=2.
             elif (others is not None and matches(got, others[index], leaf_tol)
                     and matches(others[index], truth, ROUNDING_SLACK * leaf_tol)):
                 continue
-            if kernel_error > (FLOAT32_SLACK if in_float32 else 2) * noise:
+            slack = FLOAT32_SLACK if in_float32 else 2
+            if kernel_error > slack * noise:
                 exact = "float64" if in_float32 else "float32"
                 raise AssertionError(
                     f"answer {index} (0: values, then gradients): {kernel_error:.3g} from the "
-                    f"{exact} reference, more than {FLOAT32_SLACK if in_float32 else 2}× the "
+                    f"{exact} reference, more than {slack}× the "
                     f"{noise:.3g} of {'other arithmetic' if in_float32 else 'the reference'}"
                 ) from mismatch
 

@@ -27,6 +27,7 @@ from jaxlab.kernels.linear_attention.api import _layout, _unlayout
 from jaxlab.kernels.linear_attention.pallas import _exclusive_cumsum
 from jaxlab.ops.linear_attention import FEATURE_MAPS
 from jaxlab.ops.norms import compute_dtype
+from tests.kernels.helpers import rounding_to
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -56,8 +57,7 @@ def rounded_linear(q, k, v, gain, cotangent, *, chunk, dtype, feature_map="elu1"
                    normalize=True, scale=1.0, eps=1e-6, output_norm=False, norm_eps=1e-6):
     """[out, dq, dk, dv, dgain] of the kernels' arithmetic for the cotangent (dgain 0 without
     the output norm)."""
-    # float32 rounded to dtype's precision; unlike a cast down and up, no compiler removes it
-    rounded = lambda x: jax.lax.reduce_precision(x, jnp.finfo(dtype).nexp, jnp.finfo(dtype).nmant)
+    rounded = rounding_to(dtype)
     product = lambda spec, x, y: jnp.einsum(spec, rounded(x), rounded(y), precision=HIGHEST)
     t = q.shape[1]
     work = compute_dtype(dtype)  # float64 only for exact answers in tests

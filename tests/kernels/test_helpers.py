@@ -52,12 +52,14 @@ def test_a_yardstick_far_from_float32_admits_nothing():
                                  yardstick=agrees)
 
 
+IDENTITY_FEATURES = dict(feature_map="identity", normalize=False, scale=0.2, output_norm=True)
+
+
 def one_token_of_identity_features(impl):
     """Ill-conditioned in float32: φ(q)·φ(k) is -0.018 in one row, so the output norm scales it
     up by an rstd of 231, and the dq there (2.3) is a cancelling sum of terms up to 60."""
     return lambda q, k, v, gain: chunked_linear_attention(
-        q, k, v, gain, feature_map="identity", normalize=False, scale=0.2, output_norm=True,
-        chunk_size=8, impl=impl)
+        q, k, v, gain, chunk_size=8, impl=impl, **IDENTITY_FEATURES)
 
 
 def float32_inputs():
@@ -75,8 +77,7 @@ def test_float32_rounding_noise_passes_where_the_math_cancels():
     dq 0.1% off fails."""
     kernel, reference = (one_token_of_identity_features(impl) for impl in ("interpret", "xla"))
     args = float32_inputs()
-    options = dict(feature_map="identity", normalize=False, scale=0.2, output_norm=True)
-    yardstick = linear_answers(options, 8, jnp.float32)
+    yardstick = linear_answers(IDENTITY_FEATURES, 8, jnp.float32)
     cotangent = jax.random.normal(jax.random.key(7), (2, 1, 2, 8))
     dq, dq_reference = (jax.vjp(fn, *args)[1](cotangent)[0] for fn in (kernel, reference))
     with pytest.raises(AssertionError):  # the tolerance alone fails it

@@ -8,8 +8,8 @@ from hypothesis import example, given, strategies as st
 from jaxlab.kernels.linear_attention import chunked_linear_attention
 from jaxlab.ops.linear_attention import linear_attention_recurrent
 from tests.kernels.helpers import (COMPILED, KERNEL_IMPL, SMALL_DIMS, assert_matches_reference,
-                                   close, examples, release_compiled_programs_when_soaking,
-                                   with_changed_gradient)
+                                   close, examples, with_changed_gradient,
+                                   yardstick_beside_reference)
 from tests.kernels.linear_arithmetic import linear_answers
 
 STRATEGIES = dict(
@@ -70,13 +70,10 @@ def test_the_kernels_arithmetic_without_rounding_is_the_reference(t, chunk, dims
     (Not float32: where the output norm meets a near-zero output, float32 arithmetic is not
     exact to 1e-5; in a soak's case, t=1 with identity features, the float32 yardstick's dq was
     2e-5 from the exact one and the reference's 1.2e-5.)"""
-    release_compiled_programs_when_soaking()
     with jax.enable_x64(True):
         _, reference_fn, args, yardstick = parity_case(t, chunk, dims, feature_map, normalize,
                                                        output_norm, jnp.float64)
-        out, vjp = jax.vjp(reference_fn, *args)
-        cotangent = jax.random.normal(jax.random.key(7), out.shape, jnp.float64)
-        for got, want in zip(yardstick(args, cotangent, out), [out, *vjp(cotangent)]):
+        for got, want in yardstick_beside_reference(yardstick, reference_fn, args):
             got, want = np.asarray(got), np.asarray(want)
             assert got.dtype == want.dtype == np.float64
             np.testing.assert_allclose(got, want, atol=1e-9 * max(1.0, np.abs(want).max()))

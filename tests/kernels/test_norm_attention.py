@@ -12,9 +12,8 @@ from jaxlab.ops.attention import softmax_attention
 from jaxlab.errors import ConfigError
 from tests.kernels.flash_arithmetic import flash_answers
 from tests.kernels.helpers import (COMPILED, KERNEL_IMPL, SMALL_DIMS, assert_matches_reference,
-                                   close, distance, examples,
-                                   release_compiled_programs_when_soaking, to_float32,
-                                   with_changed_gradient)
+                                   close, distance, examples, to_float32,
+                                   with_changed_gradient, yardstick_beside_reference)
 
 # On a Hopper GPU gpu_kernel="auto" would hand 16-bit head dims 64 and 128 to Mosaic GPU.
 fused_norm_attention = functools.partial(any_kernel, gpu_kernel="triton")
@@ -88,13 +87,10 @@ def test_the_kernels_arithmetic_in_float32_is_the_reference(t, extra_keys, heads
     float32, where its roundings do nothing, it must give the reference's values and VJP."""
     if segmented and length_scale:
         assume(False)
-    release_compiled_programs_when_soaking()
     _, reference_fn, args, yardstick = parity_case(
         t, extra_keys, heads, d, qk_norm, normalizer, causal, masked, segmented, length_scale,
         jnp.float32)
-    out, vjp = jax.vjp(reference_fn, *args)
-    cotangent = jax.random.normal(jax.random.key(7), out.shape)
-    for got, want in zip(yardstick(args, cotangent, out), [out, *vjp(cotangent)]):
+    for got, want in yardstick_beside_reference(yardstick, reference_fn, args):
         close(got, want, 1e-5)
 
 
