@@ -69,20 +69,29 @@ def float32_inputs():
     return q, k, v, 1 + 0.1 * jax.random.normal(keys[3], (8,))
 
 
+# A gradient tolerance well under float32's rounding noise in the case below on any CPU: the
+# interpreted kernel's dq lands 1.6e-5 of its largest entry from float64 on an AMD EPYC with
+# AVX-512 and 4e-5 on the machine the case was found on (XLA:CPU's code, and so the order of
+# float32 operations, follows the CPU), both inside or near the usual 2e-5, so only a tighter
+# one makes every machine take the fallback this test is about.
+NOISE_BOUND = 0.01  # × TOLERANCE: 1e-7 relative
+
+
 def test_float32_rounding_noise_passes_where_the_math_cancels():
-    """The interpreted kernel's dq (largest entry 2.3) is 1e-4 from the exact (float64) one
-    and from the float32 reference's, past the tolerance of 2e-5 × 2.3: G = ∂L/∂num is large
-    and G·vⱼ cancels, in float32. The kernels' arithmetic run in float32 lands as far off (the
-    reference, taking another order, 7e-7 or 2.4e-5 by XLA's flags), so the kernel passes; a
-    dq 0.1% off fails."""
+    """The interpreted kernel's dq (largest entry 2.3) is a cancelling sum in float32: G =
+    ∂L/∂num is large and G·vⱼ cancels. Under a tolerance below float32's noise there, the
+    kernel fails the tolerance alone but passes the fallback, since the kernels' arithmetic
+    run in float32 lands as far off (the reference takes another order: 8e-7 from float64 on
+    the EPYC); a dq 0.1% off still fails."""
     kernel, reference = (one_token_of_identity_features(impl) for impl in ("interpret", "xla"))
     args = float32_inputs()
     yardstick = linear_answers(IDENTITY_FEATURES, 8, jnp.float32)
     cotangent = jax.random.normal(jax.random.key(7), (2, 1, 2, 8))
     dq, dq_reference = (jax.vjp(fn, *args)[1](cotangent)[0] for fn in (kernel, reference))
     with pytest.raises(AssertionError):  # the tolerance alone fails it
-        close(dq, dq_reference, 2 * TOLERANCE[jnp.float32])
-    assert_matches_reference(kernel, reference, args, jnp.float32, yardstick=yardstick)
+        close(dq, dq_reference, NOISE_BOUND * TOLERANCE[jnp.float32])
+    check = lambda fn: assert_matches_reference(fn, reference, args, jnp.float32,
+                                                grad_scale=NOISE_BOUND, yardstick=yardstick)
+    check(kernel)
     with pytest.raises(AssertionError, match="from the float64 reference"):
-        assert_matches_reference(with_changed_gradient(kernel, 0, lambda dq: dq * (1 + 1e-3)),
-                                 reference, args, jnp.float32, yardstick=yardstick)
+        check(with_changed_gradient(kernel, 0, lambda dq: dq * (1 + 1e-3)))
