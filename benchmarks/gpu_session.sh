@@ -19,20 +19,32 @@
 #   TABLE_S=0 PARITY_S=150 CORE_S=60 LINEAR_S=50 bash benchmarks/gpu_session.sh OUT
 # PARITY_K selects parity tests by pytest's -k; PARITY_ARGS, KERNELS_ARGS (every kernels.py
 # part) and MFU_ARGS pass more arguments. After a change to the Mosaic GPU kernels, MOSAIC_S=150
-# times their launch settings and options at T=8192 first (ping-pong, DQ_SHARES,
+# times their launch settings and options at T=8192 first (FORWARD_SCHEDULE, DQ_SHARES,
 # FORWARD_WARPGROUPS, HEAVIEST_FIRST: their defaults come from stop 23's sweep) and hands the
 # table its best rows through OUT/mosaic_settings.json, so that a sweep cut by its limit still
-# hands over the rows it finished. NORMSWEEP_S times the fused norm's rows × warps × steps
-# launches (fused_norm.api.default_launches took its GPU defaults from stop 23's d=4096
-# sweep). To time a GPT with each attention kernel: MFU_S=300 MFU_ARGS="--sizes 125M
-# --settings bf16,bf16+auto,bf16+mosaic".
+# hands over the rows it finished; SWEEP_PASSES (default bwd,fwd,order) picks the sweep's
+# passes. Stop 27 built two forward schedules no GPU has run ("fenced", "overlap"); the next
+# session's first call times them against the default, then the table with the winner:
+#   MOSAIC_S=110 SWEEP_PASSES=fwd TABLE_S=440 bash benchmarks/gpu_session.sh OUT
+# and its second call adds PARITY_K="schedule or lower" to the parity suite. NORMSWEEP_S
+# times the fused norm's rows × warps × steps launches (fused_norm.api.default_launches took
+# its GPU defaults from stop 23's d=4096 sweep). To time a GPT with each attention kernel:
+# MFU_S=300 MFU_ARGS="--sizes 125M --settings bf16,bf16+auto,bf16+mosaic".
 set -u
 out=${1:-gpu_results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  # The clocks and power a run gets, and the compilers below jax: stop 23's H200 ran the
+  # d=128 Mosaic forward at 309 TFLOP/s where stop 17's H100 ran the same lowered kernel
+  # (checked on the CPU, stop 27) at 386, so a session records what else could differ.
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.limit,power.draw,temperature.gpu \
+    --format=csv
   python -c "import jax, flax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+  python -m pip list 2>/dev/null | grep -i -E "^(jax|jaxlib|nvidia-cuda-nvcc|nvidia-cudnn)" \
+    | tr -s ' ' | paste -sd ';'
+  ptxas --version 2>/dev/null | tail -1
 } 2>&1 | tee "$out/device.txt"
 
 part() {  # part NAME SECONDS COMMAND...: run unless SECONDS is 0, log to OUT/NAME.txt
@@ -59,7 +71,10 @@ fi
 
 settings="$out/mosaic_settings.json"
 candidates="${CANDIDATES:-mosaic,xla-norm+cudnn,xla}"
-part mosaic "${MOSAIC_S:-0}" python benchmarks/kernels.py --parts mosaicsweep --sweep-length 8192 --mosaic-settings "$settings" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+# MOSAIC_GPU_DUMP_PTXAS: ptxas reports each kernel's registers and spills, and warns where it
+# serializes wgmma (a product left in flight by the "overlap" schedule, say)
+part mosaic "${MOSAIC_S:-0}" env MOSAIC_GPU_DUMP_PTXAS=1 python benchmarks/kernels.py --parts mosaicsweep --sweep-length 8192 --sweep-passes "${SWEEP_PASSES:-bwd,fwd,order}" --mosaic-settings "$settings" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
+[ -f "$out/mosaic.txt" ] && grep -iE "spill|serializ|registers" "$out/mosaic.txt" | sort | uniq -c | head -40
 part table "${TABLE_S:-540}" python benchmarks/kernels.py --parts norm,attention --mosaic-settings "$settings" --candidates "$candidates" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part normsweep "${NORMSWEEP_S:-0}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part core "${CORE_S:-0}" python benchmarks/kernels.py --parts attention --lengths 8192 --candidates mosaic,xla-norm+mosaic,xla-norm+cudnn --rounds 5 --calls 3 ${KERNELS_ARGS:-}

@@ -124,45 +124,50 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
     return results, best(0), best(1)
 
 
-# Mosaic GPU launch settings: the forward's (keys per step, ring slots, ping-pong, compute
-# warpgroups: mosaic_gpu.FORWARD_WARPGROUPS; three run without ping-pong), the
-# backward's (keys per dQ step = queries per dK/dV step, ring slots, how the dK/dV kernel
-# adds dQ: a way of mosaic_backward.SHARE_WAYS, "split" for the dQ kernel). Stop 17's H100
-# sweeps: forward 128 keys best (64 keys ran 7–12% slower and are no longer timed),
-# ping-pong 1.09× at d=64; backward 64 × 2, with dQ in dK/dV by "keys" 1.22× at d=64 (0.50×
-# at 128); a backward block of 128 ran at half the speed. A setting a head dim does not take
-# is left out of its rows.
-MOSAIC_FORWARD = [(128, 2, False, 2), (128, 2, True, 2), (128, 3, True, 2), (128, 2, False, 3),
-                  (128, 3, False, 3)]
+# Mosaic GPU launch settings: the forward's (keys per step, ring slots, schedule: one of
+# mosaic_gpu.SCHEDULES, compute warpgroups: mosaic_gpu.FORWARD_WARPGROUPS; with three the
+# turn-taking schedules run "plain"), the backward's (keys per dQ step = queries per dK/dV
+# step, ring slots, how the dK/dV kernel adds dQ: a way of mosaic_backward.SHARE_WAYS, "split"
+# for the dQ kernel). Stop 17's H100 sweeps: forward 128 keys best (64 keys ran 7–12% slower
+# and are no longer timed), ping-pong 1.09× at d=64; backward 64 × 2, with dQ in dK/dV by
+# "keys" 1.22× at d=64 (0.50× at 128); a backward block of 128 ran at half the speed. Stop
+# 23's H200 sweep: three slots and three forward warpgroups no faster (those rows are gone).
+# A setting a head dim does not take is left out of its rows.
+MOSAIC_FORWARD = [(128, 2, "plain", 2), (128, 2, "pingpong", 2), (128, 2, "fenced", 2),
+                  (128, 2, "overlap", 2), (128, 2, "overlap", 3)]
 MOSAIC_BACKWARD = [(64, 2, "split"), (64, 2, "keys"), (64, 3, "keys"), (64, 2, "columns"),
                    (64, 2, "alternate")]
 # Settings never yet run on a GPU, timed after all others: if one hangs, the part's time limit
 # (gpu_session.sh) ends the sweep having lost only them.
-UNPROVEN = {("bwd", (64, 2, "columns")), ("bwd", (64, 2, "alternate")),
-            ("fwd", (128, 2, False, 3)), ("fwd", (128, 3, False, 3))}
+UNPROVEN = {("fwd", (128, 2, "fenced", 2)), ("fwd", (128, 2, "overlap", 2)),
+            ("fwd", (128, 2, "overlap", 3))}
 # The order of the forward's and the dQ kernel's programs (mosaic_gpu.HEAVIEST_FIRST), timed
 # as fwd+bwd at the default settings: it changes only which programs start first.
 MOSAIC_ORDER = [False, True]
 
 
-def mosaic_sweep_order(d: int):
-    """bench_mosaic's (pass, setting) rows for head dim d, in the order they are timed:
-    backward settings, forward ones (ping-pong last), the program orders, then UNPROVEN;
-    settings the head dim does not take (mosaic_backward.SHARE_WAYS,
+SWEEP_PASSES = ("bwd", "fwd", "order")
+
+
+def mosaic_sweep_order(d: int, passes=SWEEP_PASSES):
+    """bench_mosaic's (pass, setting) rows for head dim d and the passes asked for, in the
+    order they are timed: backward settings, forward ones, the program orders, then
+    UNPROVEN; settings the head dim does not take (mosaic_backward.SHARE_WAYS,
     mosaic_gpu.WARPGROUP_HEAD_DIMS) are left out."""
     rows = [("bwd", setting) for setting in MOSAIC_BACKWARD
             if d in mosaic_backward.SHARE_WAYS[setting[2]]]
-    rows += [("fwd", setting) for setting in sorted(MOSAIC_FORWARD, key=lambda s: s[2])
+    rows += [("fwd", setting) for setting in MOSAIC_FORWARD
              if d in mosaic_gpu.WARPGROUP_HEAD_DIMS[setting[3]]]
     rows += [("order", heaviest_first) for heaviest_first in MOSAIC_ORDER]
-    return sorted(rows, key=lambda row: row in UNPROVEN)
+    return sorted((row for row in rows if row[0] in passes), key=lambda row: row in UNPROVEN)
 
 
-def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
-    """Yields ((pass, setting), (TFLOP/s, relative error against the cuDNN path) or a
-    failure) for the Mosaic GPU kernels as each is measured, in mosaic_sweep_order: a
-    backward setting timed as fwd+bwd minus the default forward, a forward one forward only,
-    a program order fwd+bwd."""
+def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas", passes=SWEEP_PASSES):
+    """Yields ((pass, setting), (TFLOP/s, relative error against the cuDNN path[, speed ÷
+    the default's]) or a failure) for the Mosaic GPU kernels as each is measured, in
+    mosaic_sweep_order: a backward setting timed as fwd+bwd minus the default forward, a
+    forward one forward only, interleaved with the default forward (hence the ratio), a
+    program order fwd+bwd."""
     keys = jax.random.split(jax.random.key(0), 3)
     q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
     scale = jnp.ones((d,), jnp.float32)
@@ -174,9 +179,11 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
         q, k, v, scale, scale, qk_norm="rms", causal=True, impl=kernel_impl,
         gpu_kernel="mosaic", block_k=block_k, num_stages=stages))
     failure = lambda error: f"failed: {str(error).splitlines()[0][:100]}"
-    f = jax.jit(attend())
     # The settings are module constants read when a kernel is traced: patch them around it.
-    for part, setting in mosaic_sweep_order(d):
+    # The default forward is traced here, before any patch, since the rows time it too.
+    f = jax.jit(attend())
+    jax.block_until_ready(f(q, k, v))
+    for part, setting in mosaic_sweep_order(d, passes):
         try:
             if part == "bwd":
                 g = fwd_bwd(attend())
@@ -193,8 +200,11 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas"):
             else:
                 with mosaic_settings({"fwd": setting}, d) as tiles:
                     forward = jax.jit(attend(tiles["block_k"], tiles["num_stages"]))
-                    seconds = interleaved({"fwd": lambda: forward(q, k, v)}, rounds)["fwd"]
-                cell = flops_fwd / seconds / 1e12, relative_error(forward(q, k, v), want[0])
+                    times = interleaved({"default": lambda: f(q, k, v),
+                                         "fwd": lambda: forward(q, k, v)}, rounds)
+                cell = (flops_fwd / times["fwd"] / 1e12,
+                        relative_error(forward(q, k, v), want[0]),
+                        times["default"] / times["fwd"])
         except Exception as error:
             cell = failure(error)
         yield (part, setting), cell
@@ -237,10 +247,10 @@ def mosaic_settings(settings: dict, d: int):
     with contextlib.ExitStack() as stack:
         tiles = {}
         if "fwd" in settings:
-            block_k, stages, pingpong, warpgroups = settings["fwd"]
+            block_k, stages, schedule, warpgroups = settings["fwd"]
             tiles = dict(block_k=block_k, num_stages=stages)
             stack.enter_context(mock.patch.multiple(
-                mosaic_gpu, PINGPONG=pingpong, FORWARD_WARPGROUPS={d: warpgroups}))
+                mosaic_gpu, FORWARD_SCHEDULE=schedule, FORWARD_WARPGROUPS={d: warpgroups}))
         if "order" in settings:
             stack.enter_context(mock.patch.object(mosaic_gpu, "HEAVIEST_FIRST",
                                                   settings["order"]))
@@ -398,6 +408,9 @@ def main():
                              "mosaicsweep (the Mosaic GPU kernels' launch settings)")
     parser.add_argument("--sweep-length", type=int, default=8192,
                         help="T of the Mosaic GPU sweep (mosaicsweep)")
+    parser.add_argument("--sweep-passes", default=",".join(SWEEP_PASSES),
+                        help="the Mosaic GPU sweep's passes to time: any of "
+                             f"{','.join(SWEEP_PASSES)}")
     parser.add_argument("--mosaic-settings", default=None,
                         help="a JSON file: mosaicsweep writes its best settings per head dim "
                              "there as it goes, and the attention table's mosaic rows use "
@@ -406,6 +419,10 @@ def main():
                         help="the attention table's rows to time, e.g. mosaic,xla-norm+cudnn "
                              "(default: all)")
     args = parser.parse_args()
+    sweep_passes = args.sweep_passes.split(",")
+    if set(sweep_passes) - set(SWEEP_PASSES):
+        parser.error(f"--sweep-passes {args.sweep_passes!r}: choose from "
+                     f"{','.join(SWEEP_PASSES)}")
     global CALLS
     CALLS = 1 if args.smoke else args.calls
     impl = "interpret" if args.smoke else "pallas"
@@ -437,18 +454,21 @@ def main():
     if "mosaicsweep" in parts and jax.default_backend() == "gpu":
         sweep_t = args.sweep_length
         print(f"\nMosaic GPU norm-attention TFLOP/s by setting, T={sweep_t}: forward (block_k, "
-              "stages, ping-pong, warpgroups), backward (block, stages, how dQ is added; "
+              "stages, schedule, warpgroups), backward (block, stages, how dQ is added; "
               "split: the dQ kernel), order (heaviest programs first; fwd+bwd); error "
               "against the cuDNN path")
         for d in head_dims:
             b, h = max(1, 16384 // sweep_t), 16 if d == 64 else 8
             rows = []
-            for (part, setting), cell in bench_mosaic(b, h, sweep_t, d, dtype, rounds):
+            for (part, setting), cell in bench_mosaic(b, h, sweep_t, d, dtype, rounds,
+                                                      passes=sweep_passes):
                 rows.append(((part, setting), cell))
                 mosaic_tuned[d] = best_mosaic_settings(rows)
                 if args.mosaic_settings:
                     save_mosaic_settings(args.mosaic_settings, mosaic_tuned)
-                cell = cell if isinstance(cell, str) else f"{cell[0]:8.1f}   error {cell[1]:.1e}"
+                cell = cell if isinstance(cell, str) else (
+                    f"{cell[0]:8.1f}   error {cell[1]:.1e}"
+                    + (f"   {cell[2]:.3f}× the default" if len(cell) > 2 else ""))
                 print(f"  d={d:4d} {part} {str(setting):18s} {cell}", flush=True)
             print(f"  d={d:4d} best: {mosaic_tuned[d]}")
     print("\nfused RMSNorm + residual, GB/s (forward: x, r in, y, h out; backward: h, dy, dh in,"

@@ -55,20 +55,21 @@ def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
             (("bwd", (64, 2, "columns")), (420.0, 9e-3)),
             (("bwd", (64, 2, "keys")), (900.0, 0.5)),       # fast but wrong: not taken
             (("bwd", (64, 3, "keys")), "failed: out of shared memory"),
-            (("fwd", (128, 2, False, 2)), (380.0, 5e-3)),
-            (("fwd", (128, 2, True, 2)), (390.0, 5e-3)),
+            (("fwd", (128, 2, "plain", 2)), (380.0, 5e-3, 0.97)),
+            (("fwd", (128, 2, "pingpong", 2)), (390.0, 5e-3, 1.0)),
             (("order", False), (330.0, 9e-3)),
             (("order", True), (340.0, 9e-3))]
     best = kernels.best_mosaic_settings(rows)
-    assert best == {"bwd": (64, 2, "columns"), "fwd": (128, 2, True, 2), "order": True}
-    constants = lambda: (mosaic_gpu.PINGPONG, dict(mosaic_gpu.FORWARD_WARPGROUPS),
+    assert best == {"bwd": (64, 2, "columns"), "fwd": (128, 2, "pingpong", 2), "order": True}
+    constants = lambda: (mosaic_gpu.FORWARD_SCHEDULE, dict(mosaic_gpu.FORWARD_WARPGROUPS),
                          mosaic_gpu.HEAVIEST_FIRST, dict(mosaic_backward.DQ_SHARES))
     before = constants()
-    with kernels.mosaic_settings({"fwd": (128, 3, False, 2), "bwd": (64, 2, "columns")},
+    with kernels.mosaic_settings({"fwd": (128, 3, "overlap", 2), "bwd": (64, 2, "columns")},
                                  128) as tiles:
-        assert tiles == dict(block_k=128, num_stages=3) and not mosaic_gpu.PINGPONG
+        assert tiles == dict(block_k=128, num_stages=3)
+        assert mosaic_gpu.forward_schedule(2, True, 8, 8) == "overlap"
         assert mosaic_backward.dq_share(128, "rms") == "columns"
-    with kernels.mosaic_settings({"fwd": (64, 2, False, 3), "bwd": (64, 2, "split"),
+    with kernels.mosaic_settings({"fwd": (64, 2, "plain", 3), "bwd": (64, 2, "split"),
                                   "order": True}, 64) as tiles:
         assert tiles == dict(block_k=64, num_stages=2) and mosaic_gpu.HEAVIEST_FIRST
         assert mosaic_gpu.forward_warpgroups(64) == 3
@@ -79,20 +80,47 @@ def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
 def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_path):
     sys.path.insert(0, str(ROOT))
     from benchmarks import kernels
-    three = [("fwd", (128, 2, False, 3)), ("fwd", (128, 3, False, 3))]
-    for d, unproven, absent in ((64, [("bwd", (64, 2, "alternate"))] + three,
-                                 [("bwd", (64, 2, "columns"))]),
-                                (128, [("bwd", (64, 2, "columns"))],
-                                 [("bwd", (64, 2, "alternate"))] + three)):
+    three = [("fwd", (128, 2, "overlap", 3))]
+    fenced, overlap = ("fwd", (128, 2, "fenced", 2)), ("fwd", (128, 2, "overlap", 2))
+    for d, unproven, absent in ((64, [fenced, overlap] + three, [("bwd", (64, 2, "columns"))]),
+                                (128, [fenced, overlap], [("bwd", (64, 2, "alternate"))] + three)):
         order = kernels.mosaic_sweep_order(d)
         assert order[-len(unproven):] == unproven and order[0] == ("bwd", (64, 2, "split"))
         assert not set(absent) & set(order)
         proven = order[:-len(unproven)]
-        assert [part for part, _ in proven] == ["bwd"] * 3 + ["fwd"] * 3 + ["order"] * 2
-        assert [setting[2] for _, setting in proven[3:6]] == [False, True, True]
+        assert [part for part, _ in proven] == ["bwd"] * 4 + ["fwd"] * 2 + ["order"] * 2
+        assert [setting[2] for _, setting in proven[4:6]] == ["plain", "pingpong"]
+        forward_only = kernels.mosaic_sweep_order(d, ("fwd",))
+        assert forward_only == [row for row in order if row[0] == "fwd"]
     path = str(tmp_path / "best.json")
     assert kernels.load_mosaic_settings(path) == {}
-    best = {64: {"fwd": (128, 3, False, 3), "bwd": (64, 2, "alternate"), "order": True},
+    best = {64: {"fwd": (128, 2, "overlap", 3), "bwd": (64, 2, "alternate"), "order": True},
             128: {"bwd": (64, 2, "split")}}
     kernels.save_mosaic_settings(path, best)
     assert kernels.load_mosaic_settings(path) == best
+
+
+def test_the_mosaic_sweeps_forward_rows_run_interpreted_beside_the_default(monkeypatch):
+    """A forward row is timed interleaved with the default forward, which must be traced with
+    the default schedule even when the first row patches another in (--sweep-passes fwd)."""
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+    from benchmarks import kernels
+    from jaxlab.kernels.norm_attention import mosaic_gpu
+    if not mosaic_gpu.available():
+        pytest.skip(f"Mosaic GPU's interpreter needs jax >= 0.11, this is {jax.__version__}")
+    traced = []
+    schedule = mosaic_gpu.forward_schedule
+    monkeypatch.setattr(mosaic_gpu, "forward_schedule",
+                        lambda *a: traced.append(schedule(*a)) or traced[-1])
+    monkeypatch.setattr(kernels, "MOSAIC_FORWARD", [(128, 2, "overlap", 2)])
+    monkeypatch.setattr(kernels, "CALLS", 1)
+    (row, cell), = kernels.bench_mosaic(1, 2, 128, 64, jnp.bfloat16, 1,
+                                        kernel_impl="interpret", passes=("fwd",))
+    # the default traced first; the row's forward after (the interpreter retraces a jitted
+    # caller once more on its second call)
+    assert row == ("fwd", (128, 2, "overlap", 2)) and traced[0] == "pingpong"
+    assert set(traced[1:]) == {"overlap"}
+    rate, error, speed_ratio = cell
+    assert rate > 0 and error < 2e-2 and speed_ratio > 0

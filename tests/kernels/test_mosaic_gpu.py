@@ -4,6 +4,10 @@ dQ and dK/dV kernels), and lowered for CUDA on the CPU, which runs Mosaic GPU's 
 inference and shared-memory check on the compiled kernels. The interpreter and the lowering
 need jax ≥ 0.11: CI's Python 3.12 pass runs this file, its Python 3.11 pass (jax 0.10) skips
 it. On a GPU, JAXLAB_TEST_KERNELS=pallas runs the same tests on the compiled kernels."""
+import pathlib
+import re
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,16 +75,50 @@ def test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, bloc
     close(jnp.where(seen, stat, 0.0), jnp.where(seen, want_stat, 0.0), 1e-2)
 
 
-@pytest.mark.parametrize("t,s,heads,d,qk_norm,normalizer,causal", [
-    (256, 128, (2, 1), 64, "rms", "softmax", True),      # the warpgroups see 1 and 2 blocks
-    (200, 333, (2, 2), 128, "layer", "softplus", True),
+@pytest.mark.parametrize("schedule,t,s,heads,d,qk_norm,normalizer,causal,block_kv", [
+    ("plain", 256, 128, (2, 1), 64, "rms", "softmax", True, 64),  # warpgroups see 1, 2 blocks
+    ("plain", 200, 333, (2, 2), 128, "layer", "softplus", True, 64),
+    ("fenced", 200, 333, (2, 2), 64, "rms", "softmax", True, 64),
+    ("overlap", 200, 333, (2, 2), 64, "layer", "softmax", True, 64),  # masked blocks, ragged
+    ("overlap", 64, 64, (2, 1), 128, "rms", "softplus", True, 64),    # one block: no step
+    ("overlap", 128, 190, (2, 1), 64, None, "softmax", False, 64),
 ])
-def test_forward_without_pingpong(monkeypatch, t, s, heads, d, qk_norm, normalizer, causal):
-    """mosaic_gpu.PINGPONG off: no schedule barrier (the other tests run it on, the default,
-    where a turn too many or too few on either side hangs the kernel, in the interpreter too;
-    causal programs whose warpgroups see different numbers of key blocks check the count)."""
-    monkeypatch.setattr(mosaic_gpu, "PINGPONG", False)
-    test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, 64)
+def test_forward_schedules(monkeypatch, schedule, t, s, heads, d, qk_norm, normalizer, causal,
+                           block_kv):
+    """The forward's other schedules (FORWARD_SCHEDULE; the other tests run "pingpong", the
+    default, where a turn too many or too few on either side hangs the kernel, in the
+    interpreter too; causal programs whose warpgroups see different numbers of key blocks
+    check the count). "overlap" starts each warpgroup on its first key block alone and ends
+    on its last: one block, several, and whole blocks then masked ones."""
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", schedule)
+    test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, block_kv)
+
+
+def test_overlap_schedule_gradients_with_a_key_mask(monkeypatch):
+    """Under a key mask every block is masked (no whole ones) and the output's gradients go
+    through the backward kernels from the overlapped forward's output and statistic."""
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", "overlap")
+    check_gradients(150, 260, (2, 1), 64, "rms", "softmax", True, jnp.bfloat16, masked=True)
+
+
+@pytest.mark.parametrize("schedule,warpgroups,t,s,causal,runs", [
+    ("pingpong", 2, 8, 8, True, "pingpong"),
+    ("pingpong", 3, 8, 8, True, "plain"),      # the turns pair two warpgroups
+    ("fenced", 3, 8, 8, False, "plain"),
+    ("overlap", 3, 8, 8, True, "overlap"),
+    ("overlap", 2, 9, 8, True, "plain"),       # a query block may see no key
+    ("overlap", 2, 9, 8, False, "overlap"),
+])
+def test_forward_schedule_where_the_warpgroups_and_lengths_take_it(
+        monkeypatch, schedule, warpgroups, t, s, causal, runs):
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", schedule)
+    assert mosaic_gpu.forward_schedule(warpgroups, causal, t, s) == runs
+
+
+def test_an_unknown_forward_schedule_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", "interleaved")
+    with pytest.raises(ValueError, match="FORWARD_SCHEDULE = 'interleaved': choose one of"):
+        mosaic_gpu.forward_schedule(2, True, 8, 8)
 
 
 @pytest.mark.parametrize("t,s,heads,qk_norm,normalizer,causal,block_kv", [
@@ -91,9 +129,15 @@ def test_forward_without_pingpong(monkeypatch, t, s, heads, d, qk_norm, normaliz
 def test_forward_with_three_warpgroups(monkeypatch, t, s, heads, qk_norm, normalizer, causal,
                                        block_kv):
     """FORWARD_WARPGROUPS 3 at head dim 64: 192 queries per program, without ping-pong (its
-    turns pair two warpgroups), PINGPONG notwithstanding."""
+    turns pair two warpgroups), the default FORWARD_SCHEDULE notwithstanding."""
     monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {64: 3})
     test_forward_and_statistic(t, s, heads, 64, qk_norm, normalizer, causal, block_kv)
+
+
+def test_overlap_schedule_with_three_warpgroups(monkeypatch):
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", "overlap")
+    test_forward_with_three_warpgroups(monkeypatch, 300, 520, (2, 1), "rms", "softmax", True,
+                                       128)
 
 
 @pytest.mark.parametrize("warpgroups", [2, 3])
@@ -233,29 +277,32 @@ def lower_for_gpu(fn, *args) -> str:
 
 
 @pytest.mark.parametrize(
-    "d,qk_norm,normalizer,block_kv,stages,way,pingpong,warpgroups,heaviest_first", [
-    (128, "rms", "softmax", 128, 2, "split", False, 2, False),
-    (64, "layer", "softplus", 64, 3, "keys", False, 2, False),    # LayerNorm keeps the dQ kernel
-    (128, None, "softmax", 64, 2, "split", True, 2, False),       # so does "split"
-    (64, None, "softmax", 128, 2, "keys", False, 2, False),
-    (64, "rms", "softplus", 64, 2, "keys", True, 2, False),
-    (128, "rms", "softmax", 128, 2, "columns", True, 2, False),
-    (64, "rms", "softmax", 128, 2, "alternate", False, 2, False),
-    (64, "layer", "softplus", 128, 2, "alternate", True, 2, False),  # with LAYERNORM_DQ
-    (64, "rms", "softmax", 128, 3, "keys", True, 3, False),        # three forward warpgroups
-    (64, "layer", "softplus", 64, 2, "split", False, 3, False),
-    (128, "rms", "softmax", 128, 2, "split", True, 2, True)])   # with HEAVIEST_FIRST
+    "d,qk_norm,normalizer,block_kv,stages,way,schedule,warpgroups,heaviest_first", [
+    (128, "rms", "softmax", 128, 2, "split", "plain", 2, False),
+    (64, "layer", "softplus", 64, 3, "keys", "plain", 2, False),  # LayerNorm keeps the dQ kernel
+    (128, None, "softmax", 64, 2, "split", "pingpong", 2, False),  # so does "split"
+    (64, None, "softmax", 128, 2, "keys", "plain", 2, False),
+    (64, "rms", "softplus", 64, 2, "keys", "pingpong", 2, False),
+    (128, "rms", "softmax", 128, 2, "columns", "pingpong", 2, False),
+    (64, "rms", "softmax", 128, 2, "alternate", "plain", 2, False),
+    (64, "layer", "softplus", 128, 2, "alternate", "pingpong", 2, False),  # with LAYERNORM_DQ
+    (64, "rms", "softmax", 128, 3, "keys", "pingpong", 3, False),  # three forward warpgroups
+    (64, "layer", "softplus", 64, 2, "split", "plain", 3, False),
+    (128, "rms", "softmax", 128, 2, "split", "pingpong", 2, True),  # with HEAVIEST_FIRST
+    (128, "rms", "softmax", 128, 2, "split", "fenced", 2, True),
+    (128, "layer", "softmax", 128, 2, "split", "overlap", 2, True),
+    (64, "rms", "softplus", 128, 2, "keys", "overlap", 3, True)])
 def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, block_kv, stages,
-                                         way, pingpong, warpgroups, heaviest_first):
+                                         way, schedule, warpgroups, heaviest_first):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
-    (a register operand, wgmma into a live accumulator, a reducing store): only this lowering
-    checks it on a CPU. The gradient holds the three Mosaic GPU kernels (forward, dQ, dK/dV),
-    or two where `dq_share` moves dQ into the dK/dV kernel (LayerNorm only with
-    LAYERNORM_DQ, on in the last case). The
-    lowering also runs Mosaic GPU's shared-memory check, which "alternate" at head dim 128
-    fails (`SHARE_WAYS`)."""
+    (a register operand, wgmma into a live accumulator, a product left in flight, a reducing
+    store): only this lowering checks it on a CPU. The gradient holds the three Mosaic GPU
+    kernels (forward, dQ, dK/dV), or two where `dq_share` moves dQ into the dK/dV kernel
+    (LayerNorm only with LAYERNORM_DQ, on in the LayerNorm case of "alternate"). The lowering
+    also runs Mosaic GPU's shared-memory check, which "alternate" at head dim 128 fails
+    (`SHARE_WAYS`)."""
     monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
-    monkeypatch.setattr(mosaic_gpu, "PINGPONG", pingpong)
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", schedule)
     monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {d: warpgroups})
     monkeypatch.setattr(mosaic_gpu, "HEAVIEST_FIRST", heaviest_first)
     layernorm_dq = qk_norm == "layer" and way == "alternate"
@@ -309,3 +356,22 @@ def test_alternate_dq_shares_at_head_dim_128_exceed_shared_memory(monkeypatch):
                                           impl="pallas", gpu_kernel="mosaic").sum()
     with pytest.raises(ValueError, match="shared memory"):
         lower_for_gpu(jax.grad(loss), q)
+
+
+def schedule_events(schedule: str, d: int = 128) -> str:
+    """The forward's schedule instructions as lowered for CUDA (tools/mosaic_kernels.py)."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
+    import mosaic_kernels
+    kernel, = mosaic_kernels.lowered_kernels(
+        d, 512, settings=[(mosaic_gpu, "FORWARD_SCHEDULE", schedule)])
+    return "\n".join(mosaic_kernels.events(mosaic_kernels.kernel_text(kernel)))
+
+
+def test_overlap_schedule_runs_the_softmax_under_p_v_when_compiled():
+    """Only the compiled kernel holds a product in flight, so only its lowering shows the
+    overlap: in each step, after issuing the next block's q·kᵀ and this block's p·v, the
+    warpgroup waits for all but the last group (the scores), runs the softmax's exponentials,
+    and only then waits for p·v. Without the schedule no wait leaves a group in flight."""
+    step = r"\d+ × wgmma\ncommit\nbarrier wait\n\d+ × wgmma\ncommit\nwait 1\n\d+ × exp2\nwait 0"
+    assert len(re.findall(step, schedule_events("overlap"))) == 2  # unmasked, masked steps
+    assert "wait 1" not in schedule_events("pingpong")

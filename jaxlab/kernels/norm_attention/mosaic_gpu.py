@@ -7,9 +7,10 @@ One program per (query head, 128 queries, batch) runs three warpgroups: two comp
 warpgroups own 64 query rows each (one wgmma's height), and a memory warpgroup streams the key,
 value and key-statistic blocks into a ring of `stages` SMEM slots (`produce`). "Ready"
 barriers tell the compute warpgroups a slot has landed; a "free" barrier, one arrival per
-compute warpgroup, tells the memory warpgroup it may overwrite it. With PINGPONG a third
-barrier makes the compute warpgroups alternate on the tensor cores (`take_turn`).
-FORWARD_WARPGROUPS may give the forward three compute warpgroups (192 queries) instead.
+compute warpgroup, tells the memory warpgroup it may overwrite it. Under the "pingpong"
+schedule (FORWARD_SCHEDULE) a third barrier makes the compute warpgroups alternate on the
+tensor cores (`take_turn`). FORWARD_WARPGROUPS may give the forward three compute warpgroups
+(192 queries) instead.
 
 The norms stay fused without rewriting k per query block. Each compute warpgroup normalizes
 its q tile once, in registers, and folds into it everything that multiplies a logit along
@@ -43,6 +44,7 @@ run out and the kernel hang, so set NPROC=8 or more there (tests/conftest.py doe
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,11 +77,24 @@ LOG2_E = 1.4426950408889634
 NEG = -1e30             # a finite "minus infinity", as in pallas.py
 FORWARD_BLOCK_K = 128   # keys per forward step: two stages of them fit in SMEM at head dim 128
 KEY_ROWS = 3            # per key: rstd, rstd·μ, 1 if it may be seen else 0
-# True: the forward's compute warpgroups take turns on the tensor cores (FlashAttention-3's
-# "ping-pong"): one's softmax runs while the other's products do. On an H100 (stop 17, bf16,
-# causal, T=8192) it ran the forward 1.09× as fast at head dim 64 and 1.01× at 128; on an
-# H200 (stop 23) 1.03× at 64 and 1.02× at 128.
-PINGPONG = True
+# How the forward's compute warpgroups keep the tensor cores busy through their softmax:
+# - "plain": each runs its products and its softmax in turn;
+# - "pingpong": the two compute warpgroups take turns on the tensor cores (FlashAttention-3's
+#   "ping-pong"), so one's softmax runs while the other's products do. Against "plain" on an
+#   H100 (stop 17, bf16, causal, T=8192) it ran the forward 1.09× as fast at head dim 64 and
+#   1.01× at 128; on an H200 (stop 23) 1.03× and 1.02×;
+# - "fenced": "pingpong" with the softmax's results held at an optimization barrier before the
+#   warpgroup hands over its turn, so that the compiler cannot sink softmax work into the other
+#   warpgroup's turn (jax's FlashAttention-3 example does this and found the order mattered).
+#   Not yet timed;
+# - "overlap": each warpgroup issues the next key block's q·kᵀ and this block's p·v, then runs
+#   the next block's softmax while its own p·v runs (FlashAttention-3's intra-warpgroup
+#   overlap; `_overlapped_blocks`). Not yet timed. It needs every query block to see a key,
+#   so causal attention with more queries than keys runs "plain".
+# The turn-taking schedules pair two warpgroups: with three, "pingpong" and "fenced" run
+# "plain" (`forward_schedule`).
+SCHEDULES = ("plain", "pingpong", "fenced", "overlap")
+FORWARD_SCHEDULE = "pingpong"
 # True: under causality the forward's and the dQ kernel's programs take their query blocks
 # last to first. A GPU starts a grid's programs in index order, so the ones that see the most
 # keys then start first and the last wave holds the lightest (FlashAttention-3's "longest
@@ -97,6 +112,18 @@ def forward_warpgroups(head_dim: int) -> int:
         raise ValueError(f"FORWARD_WARPGROUPS[{head_dim}] = {warpgroups!r}: at head dim "
                          f"{head_dim} the forward runs {valid} compute warpgroups")
     return warpgroups
+
+
+def forward_schedule(warpgroups: int, causal: bool, q_len: int, k_len: int) -> str:
+    """The schedule the forward runs (FORWARD_SCHEDULE, where these warpgroups and lengths
+    take it; see SCHEDULES)."""
+    if FORWARD_SCHEDULE not in SCHEDULES:
+        raise ValueError(f"FORWARD_SCHEDULE = {FORWARD_SCHEDULE!r}: choose one of {SCHEDULES}")
+    if FORWARD_SCHEDULE in ("pingpong", "fenced") and warpgroups != 2:
+        return "plain"
+    if FORWARD_SCHEDULE == "overlap" and causal and q_len > k_len:
+        return "plain"  # a query block may see no key: no first block to start from
+    return FORWARD_SCHEDULE
 
 
 def smem_bytes(head_dim: int, block_kv: int, stages: int, itemsize: int = 2,
@@ -183,6 +210,7 @@ def forward(q, k, v, q_scale, k_scale, key_mask=None, row_scale=None, *,
     e.g. LSSA's length scale) or None -> (o [b, t, h, d], statistic [b, h, t] float32)."""
     b, t, h, d = q.shape
     w = forward_warpgroups(d)
+    schedule = forward_schedule(w, causal, t, k.shape[1])
     g = geometry(q, k, qk_norm=qk_norm, normalizer=normalizer, causal=causal,
                  sm_scale=sm_scale, eps=eps, block_k=block_kv, stages=stages,
                  key_masked=key_mask is not None)
@@ -206,11 +234,11 @@ def forward(q, k, v, q_scale, k_scale, key_mask=None, row_scale=None, *,
     barriers = (plgpu.Barrier(num_barriers=w),     # q, gain, row scale landed
                 *ring_barriers(3, stages, w),      # k, its rows, v; free
                 # the turns: each compute warpgroup arrives, then waits for the other
-                plgpu.Barrier(num_arrivals=w) if PINGPONG and w == 2 else None)
+                plgpu.Barrier(num_arrivals=w) if schedule in ("pingpong", "fenced") else None)
 
     def entry(q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref):
         pl.run_scoped(lambda smem, bars: _forward_program(
-            g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref,
+            g, w, schedule, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref,
             *smem, *bars), scratch, barriers, collective_axes="wg")
 
     o, stat = launch(entry, (jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -433,11 +461,12 @@ def key_blocks(g, q_first):
     return jnp.minimum(whole_causal, seen), seen
 
 
-def _forward_program(g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref,
-                     stat_ref, q_smem, k_smem, v_smem, kstat_smem, gain_smem, rscale_smem,
-                     stat_smem, p_smem, q_ready, k_ready, kstat_ready, v_ready, free, schedule):
+def _forward_program(g, w, schedule, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref,
+                     o_ref, stat_ref, q_smem, k_smem, v_smem, kstat_smem, gain_smem,
+                     rscale_smem, stat_smem, p_smem, q_ready, k_ready, kstat_ready, v_ready,
+                     free, turns):
     """w compute warpgroups of BLOCK_Q queries each, and the memory warpgroup that feeds them
-    key blocks."""
+    key blocks; `schedule` one of SCHEDULES, `turns` its barrier or None."""
     batch, head, wg, program_first = program_axes(w, reverse=g.causal and HEAVIEST_FIRST)
     # The memory warpgroup serves the last compute warpgroup, which sees the most keys.
     _, steps = key_blocks(g, program_first + (w - 1) * BLOCK_Q)
@@ -448,8 +477,8 @@ def _forward_program(g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref,
         plgpu.set_max_registers(compute_registers, action="increase")
         q_first = program_first + wg * BLOCK_Q
         q_tile = q_smem.at[wg]
-        if schedule is not None:
-            pl.when(wg == 1)(lambda: take_turn(schedule))
+        if turns is not None:
+            pl.when(wg == 1)(lambda: take_turn(turns))
         copy_in([(q_ref.at[batch, pl.ds(q_first, BLOCK_Q), head], q_tile),
                  (gain_ref, gain_smem.at[wg]),
                  (rscale_ref.at[batch, pl.ds(q_first, BLOCK_Q)], rscale_smem.at[wg])],
@@ -460,15 +489,19 @@ def _forward_program(g, w, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref,
         carry = (plgpu.layout_cast(jnp.full((BLOCK_Q,), NEG, jnp.float32), per_row),  # max
                  plgpu.layout_cast(jnp.zeros((BLOCK_Q,), jnp.float32), per_row),       # sum
                  plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), plgpu.Layout.WGMMA))
-        step = functools.partial(_forward_step, g, q_tile, k_smem, v_smem, kstat_smem,
-                                 (k_ready, kstat_ready, v_ready), free, q_first, query_values,
-                                 None if p_smem is None else p_smem.at[wg], schedule)
-        carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
-        m, l, acc = lax.fori_loop(whole, seen, functools.partial(step, masked=True), carry)
+        blocks = KeyBlocks(g, q_tile, k_smem, v_smem, kstat_smem, k_ready, kstat_ready,
+                           v_ready, free, q_first, query_values,
+                           None if p_smem is None else p_smem.at[wg])
+        if schedule == "overlap":
+            m, l, acc = _overlapped_blocks(blocks, whole, seen, carry)
+        else:
+            step = functools.partial(_forward_step, blocks, turns, schedule == "fenced")
+            carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
+            m, l, acc = lax.fori_loop(whole, seen, functools.partial(step, masked=True), carry)
         lax.fori_loop(seen, steps, release((k_ready, kstat_ready, v_ready), free, 0,
-                                           g.num_stages, schedule), None)
-        if schedule is not None:
-            pl.when(wg == 0)(lambda: take_turn(schedule))  # as many turns as warpgroup 1
+                                           g.num_stages, turns), None)
+        if turns is not None:
+            pl.when(wg == 0)(lambda: take_turn(turns))  # as many turns as warpgroup 1
         seen_any = l > 0
         inv = jnp.where(seen_any, 1.0 / jnp.where(seen_any, l, 1.0), 0.0)
         q_tile[...] = (acc * rows(inv, acc.shape)).astype(q_tile.dtype)
@@ -531,37 +564,130 @@ def normed_scores(g, a, key_stats_slot, query_values, keys_on_rows: bool = False
     return s
 
 
-def _forward_step(g, q_tile, k_smem, v_smem, kstat_smem, readies, free, q_first, query_values,
-                  p_smem, schedule, j, carry, *, masked: bool):
-    m, l, acc = carry
-    k_ready, kstat_ready, v_ready = readies
-    slot = lax.rem(j, g.num_stages)
-    plgpu.barrier_wait(k_ready.at[slot])
-    plgpu.barrier_wait(kstat_ready.at[slot])
-    a = product(q_tile, k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, g.block_k),
-                None if schedule is None else functools.partial(take_turn, schedule))
-    s = normed_scores(g, a, kstat_smem.at[slot], query_values)
-    if masked:
-        valid = load_vector(kstat_smem.at[slot, 2], per_row=False) if g.key_masked else None
-        seen = visible(g, s.shape, q_first, j * g.block_k, valid=valid)
-    keep = (lambda x: jnp.where(seen, x, 0.0)) if masked else (lambda x: x)
-    if g.normalizer == "softmax":
+class KeyBlocks(NamedTuple):
+    """What a compute warpgroup's forward steps read: its q tile, the ring of key blocks
+    (SMEM slots and their barriers), where its queries start, the per-query values of
+    `_prepare_queries` and the interpreter's staging tile (None compiled)."""
+    g: Any
+    q_tile: Any
+    k_smem: Any
+    v_smem: Any
+    kstat_smem: Any
+    k_ready: Any
+    kstat_ready: Any
+    v_ready: Any
+    free: Any
+    q_first: Any
+    query_values: Any
+    p_smem: Any
+
+    def scores(self, j, while_running=None, then=None):
+        """Block j's raw q·kᵀ tile, its keys' wait included; while_running as in `product`.
+        With `then`, what then(acc_ref) returns instead: it runs once the product is issued
+        and reads it itself (`plgpu.wgmma_accumulator_load`)."""
+        slot = lax.rem(j, self.g.num_stages)
+        plgpu.barrier_wait(self.k_ready.at[slot])
+        plgpu.barrier_wait(self.kstat_ready.at[slot])
+        keys, shape = self.k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, self.g.block_k)
+        if then is None:
+            return product(self.q_tile, keys, shape, while_running)
+
+        def run(acc_ref):
+            plgpu.wgmma(acc_ref, self.q_tile, keys)
+            return then(acc_ref)
+        return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+    def weights(self, j, a, m, l, masked: bool):
+        """Block j's weights from its raw product a, given the running max m and sum l ->
+        (m, l, alpha, p float32): alpha rescales the running output (None for softplus)."""
+        g, slot = self.g, lax.rem(j, self.g.num_stages)
+        s = normed_scores(g, a, self.kstat_smem.at[slot], self.query_values)
+        if masked:
+            valid = (load_vector(self.kstat_smem.at[slot, 2], per_row=False)
+                     if g.key_masked else None)
+            seen = visible(g, s.shape, self.q_first, j * g.block_k, valid=valid)
+        keep = (lambda x: jnp.where(seen, x, 0.0)) if masked else (lambda x: x)
+        if g.normalizer == "softplus":
+            p = keep(softplus(s))
+            return m, l + p.sum(axis=1), None, p
         if masked:
             s = jnp.where(seen, s, NEG)
         m_new = jnp.maximum(m, s.max(axis=1))
         alpha = jnp.exp2(m - m_new)
         p = keep(jnp.exp2(s - rows(m_new, s.shape)))
-        l = l * alpha + p.sum(axis=1)
+        return m_new, l * alpha + p.sum(axis=1), alpha, p
+
+
+def _forward_step(blocks, turns, fenced: bool, j, carry, *, masked: bool):
+    """Key block j under "plain", "pingpong" or "fenced": its scores, softmax and p·v in
+    turn; `turns` the ping-pong barrier or None, `fenced` the optimization barrier."""
+    m, l, acc = carry
+    slot = lax.rem(j, blocks.g.num_stages)
+    a = blocks.scores(j, None if turns is None else functools.partial(take_turn, turns))
+    m, l, alpha, p = blocks.weights(j, a, m, l, masked)
+    if alpha is not None:
         acc = acc * rows(alpha, acc.shape)
-        m = m_new
-    else:
-        p = keep(softplus(s))
-        l = l + p.sum(axis=1)
-    if schedule is not None:  # this softmax is done; wait for the other's to end
-        plgpu.barrier_arrive(schedule)
-    plgpu.barrier_wait(v_ready.at[slot])
-    if schedule is not None:
-        plgpu.barrier_wait(schedule)
-    acc = accumulate(acc, p.astype(q_tile.dtype), v_smem.at[slot], p_smem)
-    plgpu.barrier_arrive(free.at[slot])
+    if fenced:  # the softmax ends here, before the turn passes
+        m, l, acc, p = lax.optimization_barrier((m, l, acc, p.astype(blocks.q_tile.dtype)))
+    if turns is not None:  # this softmax is done; wait for the other's to end
+        plgpu.barrier_arrive(turns)
+    plgpu.barrier_wait(blocks.v_ready.at[slot])
+    if turns is not None:
+        plgpu.barrier_wait(turns)
+    acc = accumulate(acc, p.astype(blocks.q_tile.dtype), blocks.v_smem.at[slot],
+                     blocks.p_smem)
+    plgpu.barrier_arrive(blocks.free.at[slot])
     return m, l, acc
+
+
+def _overlapped_blocks(blocks, whole, seen, carry):
+    """The "overlap" schedule over key blocks [0, seen), seen ≥ 1; blocks below `whole` need
+    no mask -> (m, l, acc). Block 0's softmax runs alone; each later block's runs while the
+    block before it is multiplied into the output (`_overlapped_step`); the last block's
+    product runs alone."""
+    m, l, acc = carry
+    m, l, _, p = blocks.weights(0, blocks.scores(0), m, l, masked=True)
+    carry = m, l, acc, p.astype(blocks.q_tile.dtype)
+    step = functools.partial(_overlapped_step, blocks)
+    # step j takes block j + 1's softmax: unmasked while j + 1 < whole
+    carry = lax.fori_loop(0, whole - 1, functools.partial(step, masked=False), carry)
+    m, l, acc, p = lax.fori_loop(jnp.maximum(whole - 1, 0), seen - 1,
+                                 functools.partial(step, masked=True), carry)
+    last = lax.rem(seen - 1, blocks.g.num_stages)
+    plgpu.barrier_wait(blocks.v_ready.at[last])
+    acc = accumulate(acc, p, blocks.v_smem.at[last], blocks.p_smem)
+    plgpu.barrier_arrive(blocks.free.at[last])
+    return m, l, acc
+
+
+def _overlapped_step(blocks, j, carry, *, masked: bool):
+    """Block j + 1's softmax while block j's p·v runs: issue j + 1's q·kᵀ, then j's p·v,
+    read the scores once they land (wgmma groups finish in the order issued) and run the
+    softmax before waiting for p·v; then rescale the output. The softmax sits inside p·v's
+    `run_state`, whose end waits for every product in flight, so its results leave through
+    refs. In the interpreter, which holds no product in flight (see `accumulate`), the same
+    sums run one after the other."""
+    m, l, acc, p = carry
+    slot = lax.rem(j, blocks.g.num_stages)
+    values = blocks.v_smem.at[slot]
+    if blocks.p_smem is not None:
+        a = blocks.scores(j + 1)
+        plgpu.barrier_wait(blocks.v_ready.at[slot])
+        acc = accumulate(acc, p, values, blocks.p_smem)
+        m_new, l, _, p = blocks.weights(j + 1, a, m, l, masked)
+    else:
+        def under_product(scores_ref):
+            plgpu.barrier_wait(blocks.v_ready.at[slot])
+
+            def multiply_then_softmax(refs):
+                acc_ref, m_ref, l_ref, p_ref = refs
+                plgpu.wgmma(acc_ref, p, values)
+                a = plgpu.wgmma_accumulator_load(scores_ref, wait_n=1)
+                m_ref[...], l_ref[...], _, p_next = blocks.weights(j + 1, a, m, l, masked)
+                p_ref[...] = p_next.astype(p.dtype)
+            return pl.run_state(multiply_then_softmax)((plgpu.ACC.init(acc), m, l, p))
+        acc, m_new, l, p = blocks.scores(j + 1, then=under_product)
+    plgpu.barrier_arrive(blocks.free.at[slot])
+    if blocks.g.normalizer == "softmax":  # the softmax's alpha: the output's rescaling
+        acc = acc * rows(jnp.exp2(m - m_new), acc.shape)
+    return m_new, l, acc, p.astype(blocks.q_tile.dtype)

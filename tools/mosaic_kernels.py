@@ -1,0 +1,183 @@
+"""Prints the Mosaic GPU kernels of `fused_norm_attention` as lowered for an H100, on any
+machine (no GPU needed): without source locations and with value names renumbered in order of
+appearance, so that two checkouts' kernels can be diffed, or with --events as the order of
+the instructions that make a schedule (tile products, their commits and waits, barrier waits,
+exponentials, loops).
+
+    python tools/mosaic_kernels.py --head-dim 128 > here.mlir
+    python tools/mosaic_kernels.py --head-dim 128 --checkout ../other > there.mlir
+    python tools/mosaic_kernels.py --head-dim 128 --schedule overlap --events
+    python tools/mosaic_kernels.py --set mosaic_gpu.HEAVIEST_FIRST=False --grad
+
+Two lowerings that print the same text are the same program down to Mosaic GPU's dialects;
+what happens below them (LLVM, ptxas, the GPU) is the same too, up to those tools' versions.
+Needs jax >= 0.11 (Mosaic GPU's lowering).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import re
+import sys
+from pathlib import Path
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+from jax._src.interpreters import mlir as jax_mlir
+from jax._src.lib.mlir import ir
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+# The instructions --events lists, each by a pattern of the kernel's text and a short name.
+EVENTS = [(re.compile(r"wgmma\.mma_async"), "wgmma"),
+          (re.compile(r"wgmma\.commit_group"), "commit"),
+          (re.compile(r"wgmma\.wait_group\.sync\.aligned (\d+)"), "wait {}"),
+          (re.compile(r"mbarrier\.try_wait"), "barrier wait"),
+          (re.compile(r"ex2\.approx"), "exp2"),
+          (re.compile(r"\"?scf\.for\"?"), "loop")]
+
+
+def use_checkout(checkout) -> None:
+    """Import jaxlab from `checkout` (a directory holding jaxlab/) from now on, also where an
+    editable install of another checkout would answer `import jaxlab` first."""
+    if "jaxlab" in sys.modules:
+        raise RuntimeError("use_checkout must run before jaxlab is imported")
+    sys.meta_path[:] = [finder for finder in sys.meta_path
+                        if not getattr(finder, "__module__", "").startswith("__editable___jaxlab")]
+    sys.path.insert(0, str(checkout))
+
+
+def kernel_modules() -> dict:
+    """The modules whose constants --set may change, by name."""
+    from jaxlab.kernels.norm_attention import mosaic_backward, mosaic_gpu
+    return {"mosaic_gpu": mosaic_gpu, "mosaic_backward": mosaic_backward}
+
+
+def lowered_kernels(head_dim: int = 64, length: int = 512, *, qk_norm: str | None = "rms",
+                    normalizer: str = "softmax", causal: bool = True, grad: bool = False,
+                    settings=()) -> list[bytes]:
+    """The serialized Mosaic GPU modules of one call (forward; with grad the backward's too),
+    bf16, batch 1, as many heads as the benchmarks use; settings: (module, name, value)
+    constants to set while it is traced, e.g. (mosaic_gpu, "FORWARD_SCHEDULE", "overlap")."""
+    from jaxlab.kernels import dispatch
+    from jaxlab.kernels.norm_attention import fused_norm_attention
+    heads = 16 if head_dim == 64 else 8
+    x = jax.ShapeDtypeStruct((1, length, heads, head_dim), jnp.bfloat16)
+
+    def attend(q, k, v):
+        return fused_norm_attention(q, k, v, None, None, qk_norm=qk_norm,
+                                    normalizer=normalizer, causal=causal, impl="pallas",
+                                    gpu_kernel="mosaic")
+    fn = jax.grad(lambda *a: attend(*a).astype(jnp.float32).sum(), (0, 1, 2)) if grad else attend
+    with contextlib.ExitStack() as stack:
+        for owner, name, value in settings:
+            stack.enter_context(mock.patch.object(owner, name, value))
+        with dispatch.target("gpu"):
+            module = jax.jit(fn).trace(x, x, x).lower(lowering_platforms=("cuda",))
+            module = module.compiler_ir("stablehlo")
+    kernels = []
+
+    def collect(op):
+        if op.name == "stablehlo.custom_call" and "mhlo.backend_config" in op.attributes:
+            config = ir.DictAttr(op.attributes["mhlo.backend_config"])
+            if "module" in config:
+                kernels.append(ir.StringAttr(config["module"]).value_bytes)
+        return ir.WalkResult.ADVANCE
+    module.operation.walk(collect)
+    return kernels
+
+
+def kernel_text(serialized: bytes) -> str:
+    """One kernel's module as text, locations left out, names renumbered (see module doc)."""
+    context = jax_mlir.make_ir_context()
+    context.allow_unregistered_dialects = True
+    with context:
+        text = ir.Module.parse(serialized).operation.get_asm(enable_debug_info=False)
+    names: dict[str, str] = {}
+    return re.sub(r"%[\w.]+", lambda m: names.setdefault(m.group(0), f"%{len(names)}"), text)
+
+
+def events(text: str) -> list[str]:
+    """The schedule's instructions in program order, runs of one kind counted: '8 × wgmma'."""
+    found = []
+    for line in text.splitlines():
+        for pattern, name in EVENTS:
+            match = pattern.search(line)
+            if match:
+                found.append(name.format(*match.groups()))
+    runs: list[list] = []
+    for name in found:
+        if runs and runs[-1][1] == name:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, name])
+    return [f"{count} × {name}" if count > 1 else name for count, name in runs]
+
+
+def parse_setting(parser, text: str):
+    """'module.NAME=literal' -> (module, NAME, value); a bad one ends the run with a usage
+    error naming it."""
+    modules = kernel_modules()
+    target, _, value = text.partition("=")
+    owner, _, name = target.partition(".")
+    if owner not in modules or not hasattr(modules[owner], name):
+        parser.error(f"--set {text!r}: expected MODULE.NAME=VALUE with a constant NAME of "
+                     f"{' or '.join(modules)}")
+    try:
+        return modules[owner], name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parser.error(f"--set {text!r}: the value {value!r} is not a Python literal")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--head-dim", type=int, default=64, choices=(64, 128))
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--qk-norm", default="rms", choices=("rms", "layer", "none"))
+    parser.add_argument("--normalizer", default="softmax", choices=("softmax", "softplus"))
+    parser.add_argument("--not-causal", action="store_true")
+    parser.add_argument("--grad", action="store_true", help="the backward's kernels too")
+    parser.add_argument("--schedule", default=None,
+                        help="the forward's schedule, one of mosaic_gpu.SCHEDULES (default: "
+                             "mosaic_gpu.FORWARD_SCHEDULE)")
+    parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                        help="a constant of mosaic_gpu or mosaic_backward to set, the value a "
+                             "Python literal, e.g. mosaic_gpu.HEAVIEST_FIRST=False; repeatable")
+    parser.add_argument("--events", action="store_true",
+                        help="print each kernel's schedule instructions, not its text")
+    parser.add_argument("--checkout", type=Path, default=REPOSITORY,
+                        help="the checkout whose kernels to lower (default: this one)")
+    args = parser.parse_args(argv)
+    if not (args.checkout / "jaxlab" / "__init__.py").is_file():
+        parser.error(f"--checkout {str(args.checkout)!r} holds no jaxlab/__init__.py")
+    use_checkout(args.checkout)
+    from jaxlab.kernels.norm_attention import mosaic_gpu
+    if not mosaic_gpu.available():
+        parser.error(f"Mosaic GPU's lowering needs jax >= 0.11, this is {jax.__version__}")
+    if args.length < 1:
+        parser.error(f"--length {args.length}: give at least 1 token")
+    settings = [parse_setting(parser, text) for text in args.set]
+    if args.schedule is not None:
+        schedules = getattr(mosaic_gpu, "SCHEDULES", ())
+        if args.schedule not in schedules:
+            parser.error(f"--schedule {args.schedule!r}: this checkout's schedules are "
+                         f"{schedules or 'none (it predates them)'}")
+        settings.append((mosaic_gpu, "FORWARD_SCHEDULE", args.schedule))
+    try:
+        kernels = lowered_kernels(args.head_dim, args.length,
+                                  qk_norm=None if args.qk_norm == "none" else args.qk_norm,
+                                  normalizer=args.normalizer, causal=not args.not_causal,
+                                  grad=args.grad, settings=settings)
+    except ValueError as error:  # jaxlab's ConfigError too: a setting the kernels refuse
+        parser.error(str(error).splitlines()[0])
+    for number, serialized in enumerate(kernels):
+        text = kernel_text(serialized)
+        print(f"// kernel {number + 1} of {len(kernels)}")
+        print("\n".join(events(text)) if args.events else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
