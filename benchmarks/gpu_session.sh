@@ -23,7 +23,8 @@
 # FORWARD_WARPGROUPS, HEAVIEST_FIRST: their defaults come from stop 23's sweep) and hands the
 # table its best rows through OUT/mosaic_settings.json, so that a sweep cut by its limit still
 # hands over the rows it finished; SWEEP_PASSES (default bwd,fwd,order) picks the sweep's
-# passes. Stop 27 built two forward schedules no GPU has run ("fenced", "overlap"); the next
+# passes. Stop 27 built forward schedules no GPU has run ("fenced", "overlap",
+# "pingpong+overlap"); the next
 # session's first call times them against the default, then the table with the winner:
 #   MOSAIC_S=110 SWEEP_PASSES=fwd TABLE_S=440 bash benchmarks/gpu_session.sh OUT
 # and its second call adds PARITY_K="schedule or lower" to the parity suite. NORMSWEEP_S

@@ -134,13 +134,14 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
 # 23's H200 sweep: three slots and three forward warpgroups no faster (those rows are gone).
 # A setting a head dim does not take is left out of its rows.
 MOSAIC_FORWARD = [(128, 2, "plain", 2), (128, 2, "pingpong", 2), (128, 2, "fenced", 2),
-                  (128, 2, "overlap", 2), (128, 2, "overlap", 3)]
+                  (128, 2, "overlap", 2), (128, 2, "pingpong+overlap", 2),
+                  (128, 2, "overlap", 3)]
 MOSAIC_BACKWARD = [(64, 2, "split"), (64, 2, "keys"), (64, 3, "keys"), (64, 2, "columns"),
                    (64, 2, "alternate")]
 # Settings never yet run on a GPU, timed after all others: if one hangs, the part's time limit
 # (gpu_session.sh) ends the sweep having lost only them.
 UNPROVEN = {("fwd", (128, 2, "fenced", 2)), ("fwd", (128, 2, "overlap", 2)),
-            ("fwd", (128, 2, "overlap", 3))}
+            ("fwd", (128, 2, "pingpong+overlap", 2)), ("fwd", (128, 2, "overlap", 3))}
 # The order of the forward's and the dQ kernel's programs (mosaic_gpu.HEAVIEST_FIRST), timed
 # as fwd+bwd at the default settings: it changes only which programs start first.
 MOSAIC_ORDER = [False, True]

@@ -81,9 +81,10 @@ def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_p
     sys.path.insert(0, str(ROOT))
     from benchmarks import kernels
     three = [("fwd", (128, 2, "overlap", 3))]
-    fenced, overlap = ("fwd", (128, 2, "fenced", 2)), ("fwd", (128, 2, "overlap", 2))
-    for d, unproven, absent in ((64, [fenced, overlap] + three, [("bwd", (64, 2, "columns"))]),
-                                (128, [fenced, overlap], [("bwd", (64, 2, "alternate"))] + three)):
+    new = [("fwd", (128, 2, schedule, 2)) for schedule in ("fenced", "overlap",
+                                                           "pingpong+overlap")]
+    for d, unproven, absent in ((64, new + three, [("bwd", (64, 2, "columns"))]),
+                                (128, new, [("bwd", (64, 2, "alternate"))] + three)):
         order = kernels.mosaic_sweep_order(d)
         assert order[-len(unproven):] == unproven and order[0] == ("bwd", (64, 2, "split"))
         assert not set(absent) & set(order)

@@ -82,22 +82,26 @@ def test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, bloc
     ("overlap", 200, 333, (2, 2), 64, "layer", "softmax", True, 64),  # masked blocks, ragged
     ("overlap", 64, 64, (2, 1), 128, "rms", "softplus", True, 64),    # one block: no step
     ("overlap", 128, 190, (2, 1), 64, None, "softmax", False, 64),
+    ("pingpong+overlap", 200, 333, (2, 2), 64, "rms", "softplus", True, 64),  # see 3, 4 blocks
+    ("pingpong+overlap", 64, 64, (2, 1), 64, "layer", "softmax", True, 64),   # see 1, 1 block
+    ("pingpong+overlap", 256, 128, (2, 1), 64, "rms", "softmax", True, 64),  # t > s: pingpong
 ])
 def test_forward_schedules(monkeypatch, schedule, t, s, heads, d, qk_norm, normalizer, causal,
                            block_kv):
     """The forward's other schedules (FORWARD_SCHEDULE; the other tests run "pingpong", the
     default, where a turn too many or too few on either side hangs the kernel, in the
     interpreter too; causal programs whose warpgroups see different numbers of key blocks
-    check the count). "overlap" starts each warpgroup on its first key block alone and ends
-    on its last: one block, several, and whole blocks then masked ones."""
+    check the count). The overlapping ones start each warpgroup on its first key block alone
+    and end on its last: one block, several, and whole blocks then masked ones."""
     monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", schedule)
     test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, block_kv)
 
 
-def test_overlap_schedule_gradients_with_a_key_mask(monkeypatch):
+@pytest.mark.parametrize("schedule", ["overlap", "pingpong+overlap"])
+def test_overlap_schedule_gradients_with_a_key_mask(monkeypatch, schedule):
     """Under a key mask every block is masked (no whole ones) and the output's gradients go
     through the backward kernels from the overlapped forward's output and statistic."""
-    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", "overlap")
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", schedule)
     check_gradients(150, 260, (2, 1), 64, "rms", "softmax", True, jnp.bfloat16, masked=True)
 
 
@@ -108,6 +112,10 @@ def test_overlap_schedule_gradients_with_a_key_mask(monkeypatch):
     ("overlap", 3, 8, 8, True, "overlap"),
     ("overlap", 2, 9, 8, True, "plain"),       # a query block may see no key
     ("overlap", 2, 9, 8, False, "overlap"),
+    ("pingpong+overlap", 2, 8, 8, True, "pingpong+overlap"),
+    ("pingpong+overlap", 3, 8, 8, True, "overlap"),
+    ("pingpong+overlap", 2, 9, 8, True, "pingpong"),
+    ("pingpong+overlap", 3, 9, 8, True, "plain"),
 ])
 def test_forward_schedule_where_the_warpgroups_and_lengths_take_it(
         monkeypatch, schedule, warpgroups, t, s, causal, runs):
@@ -291,7 +299,8 @@ def lower_for_gpu(fn, *args) -> str:
     (128, "rms", "softmax", 128, 2, "split", "pingpong", 2, True),  # with HEAVIEST_FIRST
     (128, "rms", "softmax", 128, 2, "split", "fenced", 2, True),
     (128, "layer", "softmax", 128, 2, "split", "overlap", 2, True),
-    (64, "rms", "softplus", 128, 2, "keys", "overlap", 3, True)])
+    (64, "rms", "softplus", 128, 2, "keys", "overlap", 3, True),
+    (64, "layer", "softplus", 64, 2, "keys", "pingpong+overlap", 2, True)])
 def test_compiled_kernels_lower_for_cuda(monkeypatch, d, qk_norm, normalizer, block_kv, stages,
                                          way, schedule, warpgroups, heaviest_first):
     """The compiled path differs from the interpreted one where the interpreter cannot follow
@@ -372,6 +381,10 @@ def test_overlap_schedule_runs_the_softmax_under_p_v_when_compiled():
     overlap: in each step, after issuing the next block's q·kᵀ and this block's p·v, the
     warpgroup waits for all but the last group (the scores), runs the softmax's exponentials,
     and only then waits for p·v. Without the schedule no wait leaves a group in flight."""
-    step = r"\d+ × wgmma\ncommit\nbarrier wait\n\d+ × wgmma\ncommit\nwait 1\n\d+ × exp2\nwait 0"
+    products = r"\d+ × wgmma\ncommit\nbarrier wait\n\d+ × wgmma\ncommit\n"
+    step = products + r"wait 1\n\d+ × exp2\nwait 0"
     assert len(re.findall(step, schedule_events("overlap"))) == 2  # unmasked, masked steps
+    # with turns: one after issuing both products, one once p·v is done and its slot free
+    step = products + r"barrier wait\nwait 1\n\d+ × exp2\nwait 0\n(\d+ × )?barrier wait"
+    assert len(re.findall(step, schedule_events("pingpong+overlap"))) == 2
     assert "wait 1" not in schedule_events("pingpong")

@@ -89,11 +89,15 @@ KEY_ROWS = 3            # per key: rstd, rstd·μ, 1 if it may be seen else 0
 #   Not yet timed;
 # - "overlap": each warpgroup issues the next key block's q·kᵀ and this block's p·v, then runs
 #   the next block's softmax while its own p·v runs (FlashAttention-3's intra-warpgroup
-#   overlap; `_overlapped_blocks`). Not yet timed. It needs every query block to see a key,
-#   so causal attention with more queries than keys runs "plain".
-# The turn-taking schedules pair two warpgroups: with three, "pingpong" and "fenced" run
-# "plain" (`forward_schedule`).
-SCHEDULES = ("plain", "pingpong", "fenced", "overlap")
+#   overlap; `_overlapped_blocks`). Not yet timed;
+# - "pingpong+overlap": both, as FlashAttention-3 runs them: each warpgroup issues its two
+#   products on its turn and runs its softmax on the other's. Not yet timed.
+# The overlapping schedules need every query block to see a key, so causal attention with more
+# queries than keys drops the overlap; the turn-taking ones pair two warpgroups, so with three
+# they drop the turns (`forward_schedule`).
+SCHEDULES = ("plain", "pingpong", "fenced", "overlap", "pingpong+overlap")
+TURN_TAKING = ("pingpong", "fenced", "pingpong+overlap")
+OVERLAPPING = ("overlap", "pingpong+overlap")
 FORWARD_SCHEDULE = "pingpong"
 # True: under causality the forward's and the dQ kernel's programs take their query blocks
 # last to first. A GPU starts a grid's programs in index order, so the ones that see the most
@@ -117,13 +121,15 @@ def forward_warpgroups(head_dim: int) -> int:
 def forward_schedule(warpgroups: int, causal: bool, q_len: int, k_len: int) -> str:
     """The schedule the forward runs (FORWARD_SCHEDULE, where these warpgroups and lengths
     take it; see SCHEDULES)."""
-    if FORWARD_SCHEDULE not in SCHEDULES:
-        raise ValueError(f"FORWARD_SCHEDULE = {FORWARD_SCHEDULE!r}: choose one of {SCHEDULES}")
-    if FORWARD_SCHEDULE in ("pingpong", "fenced") and warpgroups != 2:
-        return "plain"
-    if FORWARD_SCHEDULE == "overlap" and causal and q_len > k_len:
-        return "plain"  # a query block may see no key: no first block to start from
-    return FORWARD_SCHEDULE
+    schedule = FORWARD_SCHEDULE
+    if schedule not in SCHEDULES:
+        raise ValueError(f"FORWARD_SCHEDULE = {schedule!r}: choose one of {SCHEDULES}")
+    if warpgroups != 2:
+        schedule = {"pingpong": "plain", "fenced": "plain",
+                    "pingpong+overlap": "overlap"}.get(schedule, schedule)
+    if causal and q_len > k_len:  # a query block may see no key: no first block to start from
+        schedule = {"overlap": "plain", "pingpong+overlap": "pingpong"}.get(schedule, schedule)
+    return schedule
 
 
 def smem_bytes(head_dim: int, block_kv: int, stages: int, itemsize: int = 2,
@@ -234,7 +240,7 @@ def forward(q, k, v, q_scale, k_scale, key_mask=None, row_scale=None, *,
     barriers = (plgpu.Barrier(num_barriers=w),     # q, gain, row scale landed
                 *ring_barriers(3, stages, w),      # k, its rows, v; free
                 # the turns: each compute warpgroup arrives, then waits for the other
-                plgpu.Barrier(num_arrivals=w) if schedule in ("pingpong", "fenced") else None)
+                plgpu.Barrier(num_arrivals=w) if schedule in TURN_TAKING else None)
 
     def entry(q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref, o_ref, stat_ref):
         pl.run_scoped(lambda smem, bars: _forward_program(
@@ -492,8 +498,8 @@ def _forward_program(g, w, schedule, q_ref, k_ref, v_ref, stats_ref, gain_ref, r
         blocks = KeyBlocks(g, q_tile, k_smem, v_smem, kstat_smem, k_ready, kstat_ready,
                            v_ready, free, q_first, query_values,
                            None if p_smem is None else p_smem.at[wg])
-        if schedule == "overlap":
-            m, l, acc = _overlapped_blocks(blocks, whole, seen, carry)
+        if schedule in OVERLAPPING:
+            m, l, acc = _overlapped_blocks(blocks, turns, whole, seen, carry)
         else:
             step = functools.partial(_forward_step, blocks, turns, schedule == "fenced")
             carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
@@ -640,15 +646,20 @@ def _forward_step(blocks, turns, fenced: bool, j, carry, *, masked: bool):
     return m, l, acc
 
 
-def _overlapped_blocks(blocks, whole, seen, carry):
-    """The "overlap" schedule over key blocks [0, seen), seen ≥ 1; blocks below `whole` need
-    no mask -> (m, l, acc). Block 0's softmax runs alone; each later block's runs while the
-    block before it is multiplied into the output (`_overlapped_step`); the last block's
-    product runs alone."""
+def _overlapped_blocks(blocks, turns, whole, seen, carry):
+    """The overlapping schedules over key blocks [0, seen), seen ≥ 1; blocks below `whole`
+    need no mask -> (m, l, acc). Block 0's softmax runs alone; each later block's runs while
+    the block before it is multiplied into the output (`_overlapped_step`); the last block's
+    product runs alone. With `turns` (the ping-pong barrier) each block takes its two turns:
+    after its products are issued, and once its softmax is done and its slot handed back. The
+    second waits for p·v so that the slot is free before the turn passes: the other
+    warpgroup, half a step behind, would otherwise hold the slot this one's next keys need."""
+    take = (lambda: take_turn(turns)) if turns is not None else (lambda: None)
     m, l, acc = carry
-    m, l, _, p = blocks.weights(0, blocks.scores(0), m, l, masked=True)
+    m, l, _, p = blocks.weights(0, blocks.scores(0, take), m, l, masked=True)
+    take()
     carry = m, l, acc, p.astype(blocks.q_tile.dtype)
-    step = functools.partial(_overlapped_step, blocks)
+    step = functools.partial(_overlapped_step, blocks, take)
     # step j takes block j + 1's softmax: unmasked while j + 1 < whole
     carry = lax.fori_loop(0, whole - 1, functools.partial(step, masked=False), carry)
     m, l, acc, p = lax.fori_loop(jnp.maximum(whole - 1, 0), seen - 1,
@@ -660,13 +671,13 @@ def _overlapped_blocks(blocks, whole, seen, carry):
     return m, l, acc
 
 
-def _overlapped_step(blocks, j, carry, *, masked: bool):
+def _overlapped_step(blocks, take, j, carry, *, masked: bool):
     """Block j + 1's softmax while block j's p·v runs: issue j + 1's q·kᵀ, then j's p·v,
     read the scores once they land (wgmma groups finish in the order issued) and run the
     softmax before waiting for p·v; then rescale the output. The softmax sits inside p·v's
     `run_state`, whose end waits for every product in flight, so its results leave through
     refs. In the interpreter, which holds no product in flight (see `accumulate`), the same
-    sums run one after the other."""
+    sums run one after the other. take() takes a turn (see `_overlapped_blocks`)."""
     m, l, acc, p = carry
     slot = lax.rem(j, blocks.g.num_stages)
     values = blocks.v_smem.at[slot]
@@ -674,6 +685,7 @@ def _overlapped_step(blocks, j, carry, *, masked: bool):
         a = blocks.scores(j + 1)
         plgpu.barrier_wait(blocks.v_ready.at[slot])
         acc = accumulate(acc, p, values, blocks.p_smem)
+        take()
         m_new, l, _, p = blocks.weights(j + 1, a, m, l, masked)
     else:
         def under_product(scores_ref):
@@ -682,12 +694,14 @@ def _overlapped_step(blocks, j, carry, *, masked: bool):
             def multiply_then_softmax(refs):
                 acc_ref, m_ref, l_ref, p_ref = refs
                 plgpu.wgmma(acc_ref, p, values)
+                take()
                 a = plgpu.wgmma_accumulator_load(scores_ref, wait_n=1)
                 m_ref[...], l_ref[...], _, p_next = blocks.weights(j + 1, a, m, l, masked)
                 p_ref[...] = p_next.astype(p.dtype)
             return pl.run_state(multiply_then_softmax)((plgpu.ACC.init(acc), m, l, p))
         acc, m_new, l, p = blocks.scores(j + 1, then=under_product)
     plgpu.barrier_arrive(blocks.free.at[slot])
+    take()
     if blocks.g.normalizer == "softmax":  # the softmax's alpha: the output's rescaling
         acc = acc * rows(jnp.exp2(m - m_new), acc.shape)
     return m_new, l, acc, p.astype(blocks.q_tile.dtype)
