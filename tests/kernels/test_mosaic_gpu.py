@@ -21,6 +21,9 @@ from jaxlab.kernels.norm_attention.reference import head_norm
 from tests.kernels.helpers import (COMPILED, KERNEL_IMPL, assert_matches_reference, close,
                                    distance, examples, to_float32)
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
+import mosaic_kernels  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not mosaic_gpu.available(),
                                 reason=f"Mosaic GPU needs jax ≥ 0.11, this is {jax.__version__}")
 
@@ -369,8 +372,6 @@ def test_alternate_dq_shares_at_head_dim_128_exceed_shared_memory(monkeypatch):
 
 def schedule_events(schedule: str, d: int = 128) -> str:
     """The forward's schedule instructions as lowered for CUDA (tools/mosaic_kernels.py)."""
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
-    import mosaic_kernels
     kernel, = mosaic_kernels.lowered_kernels(
         d, 512, settings=[(mosaic_gpu, "FORWARD_SCHEDULE", schedule)])
     return "\n".join(mosaic_kernels.events(mosaic_kernels.kernel_text(kernel)))
