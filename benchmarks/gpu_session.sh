@@ -6,31 +6,38 @@
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR]      # logs land in OUT_DIR (default gpu_results)
 #
-# Each part has its own time limit in seconds (PARITY_S, MOSAIC_S, TABLE_S, NORMSWEEP_S,
-# CORE_S, LINEAR_S, SWEEP_S, MFU_S; 0 skips a part) so one slow part cannot starve the next,
-# and each logs to OUT/<part>.txt. A session has 900 s of device time, starts included (about
-# 60 s); each call spends about 10 s on device.txt. Stop 23 (H200) measured: the table's
-# attention rows about 45 s each (9 of its 10 in 400 s), the norm sweep over 190 s for one
-# shape, the Mosaic sweep 75 s per head dim. So the first call (the defaults) is the table
-# alone, TABLE_S 540: give it timeout_s 580. Run the second at once, while the machine is
-# still warm (it goes back after 30 s idle): the compiled parity suite, the Mosaic kernels'
-# norms priced (CORE: the same kernels on XLA-normed q, k, next to ours and the cuDNN path,
-# T=8192), and the linear-attention crossover:
+# Each part has its own time limit in seconds (PARITY_S, MOSAIC_S, EXAMPLE_S, TABLE_S,
+# NORMSWEEP_S, CORE_S, LINEAR_S, SWEEP_S, MFU_S; 0 skips a part) so one slow part cannot starve
+# the next, and each logs to OUT/<part>.txt. A session has 900 s of device time, starts included
+# (about 60 s); each call spends about 10 s on device.txt. Stop 23 (H200) measured: the table's
+# attention rows about 45 s each (9 of its 10 in 400 s), the norm sweep over 190 s for one shape,
+# the Mosaic sweep 75 s per head dim. So the first call (the defaults) is the table alone, TABLE_S
+# 540: give it timeout_s 580. Run the second at once, while the machine is still warm (it goes
+# back after 30 s idle): the compiled parity suite, the Mosaic kernels' norms priced (CORE: the
+# same kernels on XLA-normed q, k, next to ours and the cuDNN path, T=8192), and the
+# linear-attention crossover:
 #   TABLE_S=0 PARITY_S=150 CORE_S=60 LINEAR_S=50 bash benchmarks/gpu_session.sh OUT
-# PARITY_K selects parity tests by pytest's -k; PARITY_ARGS, KERNELS_ARGS (every kernels.py
-# part) and MFU_ARGS pass more arguments. After a change to the Mosaic GPU kernels, MOSAIC_S=150
-# times their launch settings and options at T=8192 first (FORWARD_SCHEDULE, DQ_SHARES,
+# PARITY_K selects parity tests by pytest's -k; PARITY_ARGS, KERNELS_ARGS (every kernels.py part)
+# and MFU_ARGS pass more arguments. After a change to the Mosaic GPU kernels, MOSAIC_S=150 times
+# their launch settings and options at T=8192 first (FORWARD_SCHEDULE, DQ_SHARES,
 # FORWARD_WARPGROUPS, HEAVIEST_FIRST: their defaults come from stop 23's sweep) and hands the
 # table its best rows through OUT/mosaic_settings.json, so that a sweep cut by its limit still
-# hands over the rows it finished; SWEEP_PASSES (default bwd,fwd,order) picks the sweep's
-# passes. Stop 27 built forward schedules no GPU has run ("fenced", "overlap",
-# "pingpong+overlap"); the next
-# session's first call times them against the default, then the table with the winner:
-#   MOSAIC_S=110 SWEEP_PASSES=fwd TABLE_S=440 bash benchmarks/gpu_session.sh OUT
-# and its second call adds PARITY_K="schedule or lower" to the parity suite. NORMSWEEP_S
-# times the fused norm's rows × warps × steps launches (fused_norm.api.default_launches took
-# its GPU defaults from stop 23's d=4096 sweep). To time a GPT with each attention kernel:
-# MFU_S=300 MFU_ARGS="--sizes 125M --settings bf16,bf16+auto,bf16+mosaic".
+# hands over the rows it finished; SWEEP_PASSES (default bwd,fwd,order) picks the sweep's passes.
+# Stops 27 and 28 built forward options no GPU has run (the schedules "fenced", "overlap",
+# "pingpong+overlap", and mosaic_gpu.EARLY_KEY_RELEASE), and stop 28 the EXAMPLE part: our forward
+# next to jax's own FlashAttention-3 kernel in Mosaic GPU and cuDNN on plain float16 attention,
+# T=8192 (untimed; four forwards, causal and not, per head dim), which tells whether the forward's
+# gap to cuDNN is ours or shared by the best Mosaic GPU kernel jax ships. The next session's first
+# call times the options against the default, then the example, then the table with the winner
+# (540 s; give it timeout_s 560):
+#   MOSAIC_S=140 SWEEP_PASSES=fwd EXAMPLE_S=50 TABLE_S=340 bash benchmarks/gpu_session.sh OUT
+# and its second (220 s) the compiled parity of the new options and the norms' price:
+#   TABLE_S=0 PARITY_S=150 PARITY_K="schedule or lower or early" CORE_S=60 \
+#     bash benchmarks/gpu_session.sh OUT
+# which with a start (about 60 s) keeps within a session's 900 s. NORMSWEEP_S times the fused
+# norm's rows × warps × steps launches (fused_norm.api.default_launches took its GPU defaults from
+# stop 23's d=4096 sweep). To time a GPT with each attention kernel:
+#   MFU_S=300 MFU_ARGS="--sizes 125M --settings bf16,bf16+auto,bf16+mosaic"
 set -u
 out=${1:-gpu_results}
 mkdir -p "$out"
@@ -76,6 +83,7 @@ candidates="${CANDIDATES:-mosaic,xla-norm+cudnn,xla}"
 # serializes wgmma (a product left in flight by the "overlap" schedule, say)
 part mosaic "${MOSAIC_S:-0}" env MOSAIC_GPU_DUMP_PTXAS=1 python benchmarks/kernels.py --parts mosaicsweep --sweep-length 8192 --sweep-passes "${SWEEP_PASSES:-bwd,fwd,order}" --mosaic-settings "$settings" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 [ -f "$out/mosaic.txt" ] && grep -iE "spill|serializ|registers" "$out/mosaic.txt" | sort | uniq -c | head -40
+part example "${EXAMPLE_S:-0}" python benchmarks/kernels.py --parts example --sweep-length 8192 --mosaic-settings "$settings" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part table "${TABLE_S:-540}" python benchmarks/kernels.py --parts norm,attention --mosaic-settings "$settings" --candidates "$candidates" --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part normsweep "${NORMSWEEP_S:-0}" python benchmarks/kernels.py --parts norm,normsweep --rounds 5 --calls 3 ${KERNELS_ARGS:-}
 part core "${CORE_S:-0}" python benchmarks/kernels.py --parts attention --lengths 8192 --candidates mosaic,xla-norm+mosaic,xla-norm+cudnn --rounds 5 --calls 3 ${KERNELS_ARGS:-}

@@ -125,23 +125,26 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
 
 
 # Mosaic GPU launch settings: the forward's (keys per step, ring slots, schedule: one of
-# mosaic_gpu.SCHEDULES, compute warpgroups: mosaic_gpu.FORWARD_WARPGROUPS; with three the
-# turn-taking schedules run "plain"), the backward's (keys per dQ step = queries per dK/dV
-# step, ring slots, how the dK/dV kernel adds dQ: a way of mosaic_backward.SHARE_WAYS, "split"
-# for the dQ kernel). Stop 17's H100 sweeps: forward 128 keys best (64 keys ran 7–12% slower
-# and are no longer timed), ping-pong 1.09× at d=64; backward 64 × 2, with dQ in dK/dV by
-# "keys" 1.22× at d=64 (0.50× at 128); a backward block of 128 ran at half the speed. Stop
-# 23's H200 sweep: three slots and three forward warpgroups no faster (those rows are gone).
-# A setting a head dim does not take is left out of its rows.
-MOSAIC_FORWARD = [(128, 2, "plain", 2), (128, 2, "pingpong", 2), (128, 2, "fenced", 2),
-                  (128, 2, "overlap", 2), (128, 2, "pingpong+overlap", 2),
-                  (128, 2, "overlap", 3)]
+# mosaic_gpu.SCHEDULES, compute warpgroups: mosaic_gpu.FORWARD_WARPGROUPS, with three the
+# turn-taking schedules run "plain"; keys freed after q·kᵀ: mosaic_gpu.EARLY_KEY_RELEASE), the
+# backward's (keys per dQ step = queries per dK/dV step, ring slots, how the dK/dV kernel adds
+# dQ: a way of mosaic_backward.SHARE_WAYS, "split" for the dQ kernel). Stop 17's H100 sweeps:
+# forward 128 keys best (64 keys ran 7–12% slower and are no longer timed), ping-pong 1.09× at
+# d=64; backward 64 × 2, with dQ in dK/dV by "keys" 1.22× at d=64 (0.50× at 128); a backward
+# block of 128 ran at half the speed. Stop 23's H200 sweep: three slots and three forward
+# warpgroups no faster (those rows are gone). A setting a head dim does not take is left out of
+# its rows.
+MOSAIC_FORWARD = [(128, 2, "plain", 2, False), (128, 2, "pingpong", 2, False),
+                  (128, 2, "fenced", 2, False), (128, 2, "overlap", 2, False),
+                  (128, 2, "pingpong+overlap", 2, False), (128, 2, "overlap", 3, False),
+                  (128, 2, "pingpong", 2, True), (128, 2, "overlap", 2, True),
+                  (128, 2, "pingpong+overlap", 2, True)]
 MOSAIC_BACKWARD = [(64, 2, "split"), (64, 2, "keys"), (64, 3, "keys"), (64, 2, "columns"),
                    (64, 2, "alternate")]
 # Settings never yet run on a GPU, timed after all others: if one hangs, the part's time limit
 # (gpu_session.sh) ends the sweep having lost only them.
-UNPROVEN = {("fwd", (128, 2, "fenced", 2)), ("fwd", (128, 2, "overlap", 2)),
-            ("fwd", (128, 2, "pingpong+overlap", 2)), ("fwd", (128, 2, "overlap", 3))}
+TIMED_FORWARD = {(128, 2, "plain", 2, False), (128, 2, "pingpong", 2, False)}
+UNPROVEN = {("fwd", setting) for setting in MOSAIC_FORWARD if setting not in TIMED_FORWARD}
 # The order of the forward's and the dQ kernel's programs (mosaic_gpu.HEAVIEST_FIRST), timed
 # as fwd+bwd at the default settings: it changes only which programs start first.
 MOSAIC_ORDER = [False, True]
@@ -179,7 +182,6 @@ def bench_mosaic(b, h, t, d, dtype, rounds, kernel_impl="pallas", passes=SWEEP_P
     attend = lambda block_k=None, stages=2: (lambda q, k, v: fused_norm_attention(
         q, k, v, scale, scale, qk_norm="rms", causal=True, impl=kernel_impl,
         gpu_kernel="mosaic", block_k=block_k, num_stages=stages))
-    failure = lambda error: f"failed: {str(error).splitlines()[0][:100]}"
     # The settings are module constants read when a kernel is traced: patch them around it.
     # The default forward is traced here, before any patch, since the rows time it too.
     f = jax.jit(attend())
@@ -248,10 +250,12 @@ def mosaic_settings(settings: dict, d: int):
     with contextlib.ExitStack() as stack:
         tiles = {}
         if "fwd" in settings:
-            block_k, stages, schedule, warpgroups = settings["fwd"]
+            # a file of stop 27 or before holds four fields: the keys freed after p·v
+            block_k, stages, schedule, warpgroups, early_keys = (*settings["fwd"], False)[:5]
             tiles = dict(block_k=block_k, num_stages=stages)
             stack.enter_context(mock.patch.multiple(
-                mosaic_gpu, FORWARD_SCHEDULE=schedule, FORWARD_WARPGROUPS={d: warpgroups}))
+                mosaic_gpu, FORWARD_SCHEDULE=schedule, FORWARD_WARPGROUPS={d: warpgroups},
+                EARLY_KEY_RELEASE=early_keys))
         if "order" in settings:
             stack.enter_context(mock.patch.object(mosaic_gpu, "HEAVIEST_FIRST",
                                                   settings["order"]))
@@ -260,6 +264,13 @@ def mosaic_settings(settings: dict, d: int):
             stack.enter_context(mock.patch.multiple(
                 mosaic_backward, BLOCK=block, STAGES=stages, DQ_SHARES={d: way}))
         yield tiles
+
+
+def failure(error: Exception, width: int = 100) -> str:
+    """A table cell for a candidate that failed: the error's first line, or its type where it
+    has no message (a bare assert)."""
+    lines = str(error).splitlines()
+    return f"failed: {(lines[0] if lines else type(error).__name__)[:width]}"
 
 
 def relative_error(got, want) -> float:
@@ -325,6 +336,58 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None, only=Non
             error = relative_error(outputs[name], outputs[want])
             rows.append((f"{name} vs {want}", f"relative error {error:.1e} (values and "
                                               "gradients)"))
+    return rows
+
+
+def example_candidates(causal: bool, kernel_impl: str = "pallas", mosaic_tiles=None):
+    """Forward-only candidates for plain softmax attention (no norm, logit scale 1) in float16,
+    the dtype jax's example is written for: jax's own FlashAttention-3 kernel in Mosaic GPU
+    (jax.experimental.pallas.ops.gpu.attention_mgpu) at each block_kv of its own search, our
+    Mosaic GPU forward (mosaic_tiles as in attention_candidates), and cuDNN. Ours against
+    jax's tells whether our forward's gap to cuDNN is in our kernel or shared by the best
+    Mosaic GPU kernel jax ships. Where this jax has no such example, only ours and cuDNN."""
+    candidates = {
+        "mosaic": lambda q, k, v: fused_norm_attention(
+            q, k, v, qk_norm=None, causal=causal, sm_scale=1.0, impl=kernel_impl,
+            gpu_kernel="mosaic", **(mosaic_tiles or {})),
+        "cudnn": lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, scale=1.0, is_causal=causal, implementation=norm_cudnn.IMPLEMENTATION)}
+    try:
+        from jax.experimental.pallas.ops.gpu import attention_mgpu
+    except ImportError:
+        return candidates
+    for block_kv in (256, 128):  # its main() tries 256, 128, 64 and keeps the first that fits
+        config = attention_mgpu.TuningConfig(block_q=64, block_kv=block_kv,
+                                             max_concurrent_steps=2, causal=causal)
+        candidates[f"jax example kv={block_kv}"] = functools.partial(
+            attention_mgpu.attention, config=config)
+    return candidates
+
+
+def bench_example(b, h, t, d, rounds, causal: bool, kernel_impl: str = "pallas",
+                  dtype=jnp.float16, mosaic_tiles=None):
+    """Rows of (name, forward TFLOP/s, ÷ cuDNN's, relative error against cuDNN's output) or
+    (name, a failure) for example_candidates, timed interleaved. jax's example takes float16
+    alone (XLA:CPU has no float16 product, so a CPU test passes bfloat16)."""
+    keys = jax.random.split(jax.random.key(4), 3)
+    q, k, v = (jax.random.normal(kk, (b, t, h, d), dtype) for kk in keys)
+    flops = 4 * b * h * t * t * d / (2 if causal else 1)
+    rows, passes, outputs = [], {}, {}
+    for name, fn in example_candidates(causal, kernel_impl, mosaic_tiles).items():
+        f = jax.jit(fn)
+        try:
+            outputs[name] = jax.block_until_ready(f(q, k, v))
+        except Exception as error:  # e.g. the example refusing causality under CUDA 12.8
+            rows.append((name, failure(error, 120)))
+            continue
+        passes[name] = functools.partial(f, q, k, v)
+    times = interleaved(passes, rounds) if passes else {}
+    for name in passes:
+        rate = flops / times[name] / 1e12
+        ratio = times["cudnn"] / times[name] if "cudnn" in times else float("nan")
+        error = (relative_error(outputs[name], outputs["cudnn"]) if "cudnn" in outputs
+                 else float("nan"))
+        rows.append((name, rate, ratio, error))
     return rows
 
 
@@ -406,7 +469,9 @@ def main():
                         help="any of blocks (a launch sweep of norm-attention, whose best "
                              "settings the attention table then uses), attention, norm, "
                              "normsweep (norm with a rows × warps × steps sweep), linear, "
-                             "mosaicsweep (the Mosaic GPU kernels' launch settings)")
+                             "mosaicsweep (the Mosaic GPU kernels' launch settings), example "
+                             "(our Mosaic GPU forward, jax's FlashAttention-3 example and "
+                             "cuDNN on plain float16 attention, T=--sweep-length)")
     parser.add_argument("--sweep-length", type=int, default=8192,
                         help="T of the Mosaic GPU sweep (mosaicsweep)")
     parser.add_argument("--sweep-passes", default=",".join(SWEEP_PASSES),
@@ -455,7 +520,8 @@ def main():
     if "mosaicsweep" in parts and jax.default_backend() == "gpu":
         sweep_t = args.sweep_length
         print(f"\nMosaic GPU norm-attention TFLOP/s by setting, T={sweep_t}: forward (block_k, "
-              "stages, schedule, warpgroups), backward (block, stages, how dQ is added; "
+              "stages, schedule, warpgroups, early key release), backward (block, stages, "
+              "how dQ is added; "
               "split: the dQ kernel), order (heaviest programs first; fwd+bwd); error "
               "against the cuDNN path")
         for d in head_dims:
@@ -472,6 +538,21 @@ def main():
                     + (f"   {cell[2]:.3f}× the default" if len(cell) > 2 else ""))
                 print(f"  d={d:4d} {part} {str(setting):18s} {cell}", flush=True)
             print(f"  d={d:4d} best: {mosaic_tuned[d]}")
+    if "example" in parts and jax.default_backend() == "gpu":
+        t = args.sweep_length
+        print(f"\nplain softmax attention forward, float16, logit scale 1, T={t}: TFLOP/s, "
+              "÷ cuDNN's, error against cuDNN" + ("; mosaic with its sweep's best settings"
+                                                   if mosaic_tuned else ""))
+        for d in head_dims:
+            for causal in (True, False):
+                with mosaic_settings(mosaic_tuned.get(d, {}), d) as mosaic_tiles:
+                    rows = bench_example(max(1, 16384 // t), 16 if d == 64 else 8, t, d,
+                                         rounds, causal, mosaic_tiles=mosaic_tiles)
+                for name, *cells in rows:
+                    cells = cells[0] if len(cells) == 1 else (
+                        f"{cells[0]:8.1f} {cells[1]:7.2f}x   error {cells[2]:.1e}")
+                    print(f"  d={d:4d} {'causal' if causal else 'full':6s} {name:20s} {cells}",
+                          flush=True)
     print("\nfused RMSNorm + residual, GB/s (forward: x, r in, y, h out; backward: h, dy, dh in,"
           " dx out); the copy reads and writes x")
     # Before the attention table, whose long rows a time limit may cut. 512 MiB per array:

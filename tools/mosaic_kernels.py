@@ -2,11 +2,12 @@
 machine (no GPU needed): without source locations and with value names renumbered in order of
 appearance, so that two checkouts' kernels can be diffed, or with --events as the order of
 the instructions that make a schedule (tile products, their commits and waits, barrier waits,
-exponentials, loops).
+exponentials, loops; with --arrivals the barrier arrivals too).
 
     python tools/mosaic_kernels.py --head-dim 128 > here.mlir
     python tools/mosaic_kernels.py --head-dim 128 --checkout ../other > there.mlir
     python tools/mosaic_kernels.py --head-dim 128 --schedule overlap --events
+    python tools/mosaic_kernels.py --set mosaic_gpu.EARLY_KEY_RELEASE=True --events --arrivals
     python tools/mosaic_kernels.py --set mosaic_gpu.HEAVIEST_FIRST=False --grad
 
 Two lowerings that print the same text are the same program down to Mosaic GPU's dialects;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import re
 import sys
 from pathlib import Path
@@ -37,6 +39,9 @@ EVENTS = [(re.compile(r"wgmma\.mma_async"), "wgmma"),
           (re.compile(r"mbarrier\.try_wait"), "barrier wait"),
           (re.compile(r"ex2\.approx"), "exp2"),
           (re.compile(r"\"?scf\.for\"?"), "loop")]
+# With --arrivals, also the barrier arrivals a warpgroup makes itself (not a copy's: those
+# are arrive.expect_tx): the turns taken and the slots freed.
+ARRIVAL = (re.compile(r"mbarrier\.arrive\.release"), "arrive")
 
 
 def use_checkout(checkout) -> None:
@@ -89,21 +94,36 @@ def lowered_kernels(head_dim: int = 64, length: int = 512, *, qk_norm: str | Non
     return kernels
 
 
+@functools.cache
+def parsing_context():
+    """The MLIR context kernel_text parses in, its own: jax's upstream dialects and Mosaic
+    GPU's registered, the rest (the serialized kernel's stable_mosaic_gpu ops) allowed
+    unregistered. Not jax's make_ir_context, which hands out a thread's shared context (up to
+    ten times) that holds Mosaic GPU's dialect only where a lowering registered it there:
+    parsing in it failed at random ("invalid memref element type")."""
+    from jax.experimental.mosaic.gpu import dialect as mosaic_gpu_dialect  # jax >= 0.11
+    context = ir.Context()
+    context.append_dialect_registry(jax_mlir.upstream_dialects)
+    context.load_all_available_dialects()
+    mosaic_gpu_dialect.register_dialect(context)
+    context.allow_unregistered_dialects = True
+    return context
+
+
 def kernel_text(serialized: bytes) -> str:
     """One kernel's module as text, locations left out, names renumbered (see module doc)."""
-    context = jax_mlir.make_ir_context()
-    context.allow_unregistered_dialects = True
-    with context:
+    with parsing_context():
         text = ir.Module.parse(serialized).operation.get_asm(enable_debug_info=False)
     names: dict[str, str] = {}
     return re.sub(r"%[\w.]+", lambda m: names.setdefault(m.group(0), f"%{len(names)}"), text)
 
 
-def events(text: str) -> list[str]:
-    """The schedule's instructions in program order, runs of one kind counted: '8 × wgmma'."""
+def events(text: str, arrivals: bool = False) -> list[str]:
+    """The schedule's instructions in program order, runs of one kind counted: '8 × wgmma';
+    with `arrivals` the barrier arrivals too (ARRIVAL)."""
     found = []
     for line in text.splitlines():
-        for pattern, name in EVENTS:
+        for pattern, name in EVENTS + ([ARRIVAL] if arrivals else []):
             match = pattern.search(line)
             if match:
                 found.append(name.format(*match.groups()))
@@ -147,6 +167,8 @@ def main(argv=None) -> int:
                              "Python literal, e.g. mosaic_gpu.HEAVIEST_FIRST=False; repeatable")
     parser.add_argument("--events", action="store_true",
                         help="print each kernel's schedule instructions, not its text")
+    parser.add_argument("--arrivals", action="store_true",
+                        help="with --events, list the barrier arrivals too")
     parser.add_argument("--checkout", type=Path, default=REPOSITORY,
                         help="the checkout whose kernels to lower (default: this one)")
     args = parser.parse_args(argv)
@@ -175,7 +197,7 @@ def main(argv=None) -> int:
     for number, serialized in enumerate(kernels):
         text = kernel_text(serialized)
         print(f"// kernel {number + 1} of {len(kernels)}")
-        print("\n".join(events(text)) if args.events else text)
+        print("\n".join(events(text, args.arrivals)) if args.events else text)
     return 0
 
 

@@ -55,24 +55,28 @@ def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
             (("bwd", (64, 2, "columns")), (420.0, 9e-3)),
             (("bwd", (64, 2, "keys")), (900.0, 0.5)),       # fast but wrong: not taken
             (("bwd", (64, 3, "keys")), "failed: out of shared memory"),
-            (("fwd", (128, 2, "plain", 2)), (380.0, 5e-3, 0.97)),
-            (("fwd", (128, 2, "pingpong", 2)), (390.0, 5e-3, 1.0)),
+            (("fwd", (128, 2, "plain", 2, False)), (380.0, 5e-3, 0.97)),
+            (("fwd", (128, 2, "pingpong", 2, False)), (390.0, 5e-3, 1.0)),
+            (("fwd", (128, 2, "pingpong", 2, True)), (395.0, 3e-2, 1.01)),  # wrong: not taken
             (("order", False), (330.0, 9e-3)),
             (("order", True), (340.0, 9e-3))]
     best = kernels.best_mosaic_settings(rows)
-    assert best == {"bwd": (64, 2, "columns"), "fwd": (128, 2, "pingpong", 2), "order": True}
+    assert best == {"bwd": (64, 2, "columns"), "fwd": (128, 2, "pingpong", 2, False),
+                    "order": True}
     constants = lambda: (mosaic_gpu.FORWARD_SCHEDULE, dict(mosaic_gpu.FORWARD_WARPGROUPS),
-                         mosaic_gpu.HEAVIEST_FIRST, dict(mosaic_backward.DQ_SHARES))
+                         mosaic_gpu.EARLY_KEY_RELEASE, mosaic_gpu.HEAVIEST_FIRST,
+                         dict(mosaic_backward.DQ_SHARES))
     before = constants()
-    with kernels.mosaic_settings({"fwd": (128, 3, "overlap", 2), "bwd": (64, 2, "columns")},
-                                 128) as tiles:
-        assert tiles == dict(block_k=128, num_stages=3)
+    with kernels.mosaic_settings({"fwd": (128, 3, "overlap", 2, True),
+                                  "bwd": (64, 2, "columns")}, 128) as tiles:
+        assert tiles == dict(block_k=128, num_stages=3) and mosaic_gpu.EARLY_KEY_RELEASE
         assert mosaic_gpu.forward_schedule(2, True, 8, 8) == "overlap"
         assert mosaic_backward.dq_share(128, "rms") == "columns"
+    # four fields: a settings file written before EARLY_KEY_RELEASE
     with kernels.mosaic_settings({"fwd": (64, 2, "plain", 3), "bwd": (64, 2, "split"),
                                   "order": True}, 64) as tiles:
         assert tiles == dict(block_k=64, num_stages=2) and mosaic_gpu.HEAVIEST_FIRST
-        assert mosaic_gpu.forward_warpgroups(64) == 3
+        assert mosaic_gpu.forward_warpgroups(64) == 3 and not mosaic_gpu.EARLY_KEY_RELEASE
         assert mosaic_backward.dq_share(64, None) is None
     assert constants() == before
 
@@ -80,13 +84,16 @@ def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
 def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_path):
     sys.path.insert(0, str(ROOT))
     from benchmarks import kernels
-    three = [("fwd", (128, 2, "overlap", 3))]
-    new = [("fwd", (128, 2, schedule, 2)) for schedule in ("fenced", "overlap",
-                                                           "pingpong+overlap")]
+    three = [("fwd", (128, 2, "overlap", 3, False))]
+    new = [("fwd", (128, 2, schedule, 2, False)) for schedule in ("fenced", "overlap",
+                                                                  "pingpong+overlap")]
+    new += [("fwd", (128, 2, schedule, 2, True)) for schedule in ("pingpong", "overlap",
+                                                                  "pingpong+overlap")]
     for d, unproven, absent in ((64, new + three, [("bwd", (64, 2, "columns"))]),
                                 (128, new, [("bwd", (64, 2, "alternate"))] + three)):
         order = kernels.mosaic_sweep_order(d)
-        assert order[-len(unproven):] == unproven and order[0] == ("bwd", (64, 2, "split"))
+        assert sorted(order[-len(unproven):]) == sorted(unproven)
+        assert order[0] == ("bwd", (64, 2, "split"))
         assert not set(absent) & set(order)
         proven = order[:-len(unproven)]
         assert [part for part, _ in proven] == ["bwd"] * 4 + ["fwd"] * 2 + ["order"] * 2
@@ -95,7 +102,8 @@ def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_p
         assert forward_only == [row for row in order if row[0] == "fwd"]
     path = str(tmp_path / "best.json")
     assert kernels.load_mosaic_settings(path) == {}
-    best = {64: {"fwd": (128, 2, "overlap", 3), "bwd": (64, 2, "alternate"), "order": True},
+    best = {64: {"fwd": (128, 2, "overlap", 3, False), "bwd": (64, 2, "alternate"),
+                 "order": True},
             128: {"bwd": (64, 2, "split")}}
     kernels.save_mosaic_settings(path, best)
     assert kernels.load_mosaic_settings(path) == best
@@ -115,13 +123,48 @@ def test_the_mosaic_sweeps_forward_rows_run_interpreted_beside_the_default(monke
     schedule = mosaic_gpu.forward_schedule
     monkeypatch.setattr(mosaic_gpu, "forward_schedule",
                         lambda *a: traced.append(schedule(*a)) or traced[-1])
-    monkeypatch.setattr(kernels, "MOSAIC_FORWARD", [(128, 2, "overlap", 2)])
+    monkeypatch.setattr(kernels, "MOSAIC_FORWARD", [(128, 2, "overlap", 2, True)])
     monkeypatch.setattr(kernels, "CALLS", 1)
     (row, cell), = kernels.bench_mosaic(1, 2, 128, 64, jnp.bfloat16, 1,
                                         kernel_impl="interpret", passes=("fwd",))
     # the default traced first; the row's forward after (the interpreter retraces a jitted
     # caller once more on its second call)
-    assert row == ("fwd", (128, 2, "overlap", 2)) and traced[0] == "pingpong"
+    assert row == ("fwd", (128, 2, "overlap", 2, True)) and traced[0] == "pingpong"
     assert set(traced[1:]) == {"overlap"}
     rate, error, speed_ratio = cell
     assert rate > 0 and error < 2e-2 and speed_ratio > 0
+
+
+def test_the_example_part_times_ours_beside_jax_s_flash_attention_example(monkeypatch):
+    """The `example` part's candidates: ours, in Mosaic GPU's interpreter, and cuDNN's stand-in
+    (XLA on the CPU, which has no float16 product: bfloat16 here) compute the same attention.
+    jax's example, which has no interpreter, lowers for an H100 with the arguments the part
+    gives it, and on the CPU comes back as a failure row, not an exception."""
+    sys.path.insert(0, str(ROOT))
+    from unittest import mock
+    import jax
+    import jax.numpy as jnp
+    from benchmarks import kernels
+    from jaxlab.kernels import dispatch
+    from jaxlab.kernels.norm_attention import cudnn, mosaic_gpu
+    if not mosaic_gpu.available():
+        pytest.skip(f"Mosaic GPU's interpreter needs jax >= 0.11, this is {jax.__version__}")
+    from jax.experimental.pallas.ops.gpu import attention_mgpu
+    monkeypatch.setattr(cudnn, "IMPLEMENTATION", "xla")
+    monkeypatch.setattr(kernels, "CALLS", 1)
+    rows = kernels.bench_example(1, 2, 128, 64, 1, causal=True, kernel_impl="interpret",
+                                 dtype=jnp.bfloat16)
+    by_name = {name: cells for name, *cells in rows}
+    assert set(by_name) == {"mosaic", "cudnn", "jax example kv=256", "jax example kv=128"}
+    rate, ratio, error = by_name["mosaic"]
+    assert rate > 0 and ratio > 0 and error < 1e-2
+    assert by_name["jax example kv=128"][0].startswith("failed: ")
+    # its causal path asks the CUDA runtime's version, which a CPU-only jax does not have
+    runtime = mock.Mock(cuda_runtime_get_version=mock.Mock(return_value=12090 + 10))
+    x = jax.ShapeDtypeStruct((1, 512, 8, 128), jnp.float16)
+    for causal in (True, False):
+        example = kernels.example_candidates(causal)["jax example kv=128"]
+        with mock.patch.object(attention_mgpu, "cuda_versions", runtime), \
+                dispatch.target("gpu"):
+            text = jax.jit(example).trace(x, x, x).lower(lowering_platforms=("cuda",)).as_text()
+        assert "mosaic_gpu" in text

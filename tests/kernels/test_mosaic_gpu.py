@@ -108,6 +108,44 @@ def test_overlap_schedule_gradients_with_a_key_mask(monkeypatch, schedule):
     check_gradients(150, 260, (2, 1), 64, "rms", "softmax", True, jnp.bfloat16, masked=True)
 
 
+@pytest.mark.parametrize("schedule,warpgroups,t,s,heads,d,qk_norm,normalizer,causal,block_kv", [
+    ("pingpong", 2, 128, 512, (2, 1), 64, "rms", "softmax", True, 64),  # 8 blocks, 2 slots
+    ("pingpong", 2, 256, 128, (2, 1), 64, "layer", "softplus", True, 64),  # blocks handed back
+    ("plain", 2, 200, 333, (2, 2), 128, "rms", "softmax", True, 64),
+    ("overlap", 2, 200, 333, (2, 2), 64, "layer", "softmax", True, 64),
+    ("pingpong+overlap", 2, 200, 333, (2, 2), 64, "rms", "softplus", True, 64),
+    ("overlap", 3, 300, 520, (2, 1), 64, "rms", "softmax", True, 128),
+])
+def test_early_key_release(monkeypatch, schedule, warpgroups, t, s, heads, d, qk_norm,
+                           normalizer, causal, block_kv):
+    """EARLY_KEY_RELEASE under each schedule: the keys' part of a slot is freed after q·kᵀ
+    through its own barrier, the rest after p·v. An arrival too few on either barrier hangs
+    the kernel; one too many lets the memory warpgroup overwrite keys or values in use."""
+    monkeypatch.setattr(mosaic_gpu, "EARLY_KEY_RELEASE", True)
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_SCHEDULE", schedule)
+    monkeypatch.setattr(mosaic_gpu, "FORWARD_WARPGROUPS", {64: warpgroups, 128: 2})
+    test_forward_and_statistic(t, s, heads, d, qk_norm, normalizer, causal, block_kv)
+
+
+def test_early_key_release_gradients_with_a_key_mask(monkeypatch):
+    monkeypatch.setattr(mosaic_gpu, "EARLY_KEY_RELEASE", True)
+    check_gradients(150, 260, (2, 1), 64, "rms", "softmax", True, jnp.bfloat16, masked=True)
+
+
+def test_free_groups_wait_once_per_barrier():
+    """The memory warpgroup waits on each free barrier once per block: sources sharing one
+    form a group, and one shared by sources apart (two waits on one phase) is refused."""
+    keys, rows, values = "k", "rows", "v"  # stand-ins: free_groups only orders them
+    first, second = object(), object()
+    assert mosaic_gpu.free_groups([keys, rows, values], first) == [(first, [keys, rows, values])]
+    assert mosaic_gpu.free_groups([keys, rows, values], (first, second, second)) == [
+        (first, [keys]), (second, [rows, values])]
+    with pytest.raises(ValueError, match="neighbours"):
+        mosaic_gpu.free_groups([keys, rows, values], (first, second, first))
+    with pytest.raises(ValueError, match="2 free barriers for 3 sources"):
+        mosaic_gpu.free_groups([keys, rows, values], (first, second))
+
+
 @pytest.mark.parametrize("schedule,warpgroups,t,s,causal,runs", [
     ("pingpong", 2, 8, 8, True, "pingpong"),
     ("pingpong", 3, 8, 8, True, "plain"),      # the turns pair two warpgroups
@@ -370,11 +408,26 @@ def test_alternate_dq_shares_at_head_dim_128_exceed_shared_memory(monkeypatch):
         lower_for_gpu(jax.grad(loss), q)
 
 
-def schedule_events(schedule: str, d: int = 128) -> str:
-    """The forward's schedule instructions as lowered for CUDA (tools/mosaic_kernels.py)."""
+def schedule_events(schedule: str, d: int = 128, early_keys: bool = False,
+                    arrivals: bool = False) -> str:
+    """The forward's schedule instructions as lowered for CUDA (tools/mosaic_kernels.py);
+    early_keys: EARLY_KEY_RELEASE; arrivals: list the barrier arrivals too."""
     kernel, = mosaic_kernels.lowered_kernels(
-        d, 512, settings=[(mosaic_gpu, "FORWARD_SCHEDULE", schedule)])
-    return "\n".join(mosaic_kernels.events(mosaic_kernels.kernel_text(kernel)))
+        d, 512, settings=[(mosaic_gpu, "FORWARD_SCHEDULE", schedule),
+                          (mosaic_gpu, "EARLY_KEY_RELEASE", early_keys)])
+    return "\n".join(mosaic_kernels.events(mosaic_kernels.kernel_text(kernel), arrivals))
+
+
+@pytest.mark.parametrize("schedule", ["pingpong", "overlap"])
+def test_early_key_release_frees_the_keys_once_q_k_is_read(schedule):
+    """Compiled, the keys' arrival follows the wait that ends q·kᵀ (under "overlap" the
+    wait that leaves p·v in flight) and comes before the softmax's exponentials, in the
+    unmasked and the masked step (under "overlap" for the first block too); without the
+    option nothing arrives there."""
+    keys_freed = r"wait [01]\narrive\n\d+ × exp2"
+    early = schedule_events(schedule, early_keys=True, arrivals=True)
+    assert len(re.findall(keys_freed, early)) == (2 if schedule == "pingpong" else 3)
+    assert not re.findall(keys_freed, schedule_events(schedule, arrivals=True))
 
 
 def test_overlap_schedule_runs_the_softmax_under_p_v_when_compiled():

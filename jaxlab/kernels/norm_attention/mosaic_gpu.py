@@ -7,9 +7,10 @@ One program per (query head, 128 queries, batch) runs three warpgroups: two comp
 warpgroups own 64 query rows each (one wgmma's height), and a memory warpgroup streams the key,
 value and key-statistic blocks into a ring of `stages` SMEM slots (`produce`). "Ready"
 barriers tell the compute warpgroups a slot has landed; a "free" barrier, one arrival per
-compute warpgroup, tells the memory warpgroup it may overwrite it. Under the "pingpong"
-schedule (FORWARD_SCHEDULE) a third barrier makes the compute warpgroups alternate on the
-tensor cores (`take_turn`). FORWARD_WARPGROUPS may give the forward three compute warpgroups
+compute warpgroup, tells the memory warpgroup it may overwrite it (with EARLY_KEY_RELEASE the
+keys' part of a slot has a free barrier of its own). Under the "pingpong" schedule
+(FORWARD_SCHEDULE) a third barrier makes the compute warpgroups alternate on the tensor cores
+(`take_turn`). FORWARD_WARPGROUPS may give the forward three compute warpgroups
 (192 queries) instead.
 
 The norms stay fused without rewriting k per query block. Each compute warpgroup normalizes
@@ -106,6 +107,13 @@ FORWARD_SCHEDULE = "pingpong"
 # heaviest. On an H200 (stop 23, bf16, causal, T=8192, forward+backward) it ran 1.04× as
 # fast at head dim 64 (341 against 327 TFLOP/s) and 1.05× at 128 (373 against 356).
 HEAVIEST_FIRST = True
+# True: the forward frees a slot's keys as soon as q·kᵀ has read them, through a barrier of
+# their own, and the rest of the slot (the key rows, the values) after p·v, as jax's
+# FlashAttention-3 example does; False: one barrier frees the whole slot after p·v. With two
+# slots the memory warpgroup then starts a block's keys while the block two steps before it
+# is still in its softmax and p·v, not after, so they have half a step more to land. Not yet
+# timed on a GPU.
+EARLY_KEY_RELEASE = False
 
 
 def forward_warpgroups(head_dim: int) -> int:
@@ -239,6 +247,9 @@ def forward(q, k, v, q_scale, k_scale, key_mask=None, row_scale=None, *,
     )
     barriers = (plgpu.Barrier(num_barriers=w),     # q, gain, row scale landed
                 *ring_barriers(3, stages, w),      # k, its rows, v; free
+                # the keys' own free barrier (EARLY_KEY_RELEASE)
+                plgpu.Barrier(num_arrivals=w, num_barriers=stages) if EARLY_KEY_RELEASE
+                else None,
                 # the turns: each compute warpgroup arrives, then waits for the other
                 plgpu.Barrier(num_arrivals=w) if schedule in TURN_TAKING else None)
 
@@ -324,24 +335,48 @@ def ring_barriers(sources: int, stages: int, warpgroups: int = COMPUTE_WARPGROUP
 def produce(sources, free, lo, hi, stages: int, total: int):
     """The memory warpgroup's loop: block j in [lo, hi) of every source goes into slot
     (j − lo) mod stages once the compute warpgroups have freed it. sources: (block j's GMEM
-    view as a function of j, SMEM ring, ready barriers), `total` blocks each. Ends by
+    view as a function of j, SMEM ring, ready barriers), `total` blocks each; free: the free
+    barriers, one for all sources or a tuple of one per source (`free_groups`). Ends by
     observing the last blocks' release too, so that every barrier phase is waited on."""
-    def load(j):
+    groups = free_groups(sources, free)
+
+    def load(j, wait: bool):
         slot = lax.rem(j - lo, stages)
-        for view, ring, ready in sources:
-            plgpu.copy_gmem_to_smem(view(j), ring.at[slot], ready.at[slot])
+        for barrier, members in groups:
+            if wait:
+                plgpu.barrier_wait(barrier.at[slot])
+            for view, ring, ready in members:
+                plgpu.copy_gmem_to_smem(view(j), ring.at[slot], ready.at[slot])
 
     for i in range(stages):
         if isinstance(lo, int) and lo + i >= total:
             break  # a static index past the end fails at trace time, even under pl.when
-        pl.when(lo + i < hi)(functools.partial(load, lo + i))
+        pl.when(lo + i < hi)(functools.partial(load, lo + i, False))
 
-    def refill(j, _):
-        plgpu.barrier_wait(free.at[lax.rem(j - lo, stages)])
-        load(j)
-    lax.fori_loop(lo + stages, hi, refill, None)
-    drain = lambda j, _: plgpu.barrier_wait(free.at[lax.rem(j - lo, stages)])
+    lax.fori_loop(lo + stages, hi, lambda j, _: load(j, True), None)
+
+    def drain(j, _):
+        for barrier, _members in groups:
+            plgpu.barrier_wait(barrier.at[lax.rem(j - lo, stages)])
     lax.fori_loop(jnp.maximum(hi, lo + stages), hi + stages, drain, None)
+
+
+def free_groups(sources, free):
+    """[(free barrier, the sources it frees)] in the sources' order: `free` one barrier for
+    all, or a tuple of one per source, where neighbours that share a barrier form one group
+    (each barrier phase is waited on once)."""
+    barriers = free if isinstance(free, tuple) else (free,) * len(sources)
+    if len(barriers) != len(sources):
+        raise ValueError(f"{len(barriers)} free barriers for {len(sources)} sources")
+    groups = []
+    for barrier, source in zip(barriers, sources):
+        if groups and groups[-1][0] is barrier:
+            groups[-1][1].append(source)
+        else:
+            groups.append((barrier, [source]))
+    if len({id(barrier) for barrier, _ in groups}) != len(groups):
+        raise ValueError("the sources that share a free barrier must be neighbours")
+    return groups
 
 
 def program_axes(warpgroups: int = COMPUTE_WARPGROUPS, reverse: bool = False):
@@ -363,13 +398,17 @@ def copy_in(pairs, barrier):
 
 
 def release(readies, free, lo, stages: int, schedule=None):
-    """A fori_loop body that hands back, unread, a block this warpgroup does not need; with a
-    `schedule` barrier it also takes the step's two turns (see `take_turn`)."""
+    """A fori_loop body that hands back, unread, a block this warpgroup does not need (free:
+    its free barrier, or a tuple of them); with a `schedule` barrier it also takes the step's
+    two turns (see `take_turn`)."""
+    frees = free if isinstance(free, tuple) else (free,)
+
     def body(j, _):
         slot = lax.rem(j - lo, stages)
         for ready in readies:
             plgpu.barrier_wait(ready.at[slot])
-        plgpu.barrier_arrive(free.at[slot])
+        for barrier in frees:
+            plgpu.barrier_arrive(barrier.at[slot])
         if schedule is not None:
             take_turn(schedule)
             take_turn(schedule)
@@ -470,9 +509,11 @@ def key_blocks(g, q_first):
 def _forward_program(g, w, schedule, q_ref, k_ref, v_ref, stats_ref, gain_ref, rscale_ref,
                      o_ref, stat_ref, q_smem, k_smem, v_smem, kstat_smem, gain_smem,
                      rscale_smem, stat_smem, p_smem, q_ready, k_ready, kstat_ready, v_ready,
-                     free, turns):
+                     free, key_free, turns):
     """w compute warpgroups of BLOCK_Q queries each, and the memory warpgroup that feeds them
-    key blocks; `schedule` one of SCHEDULES, `turns` its barrier or None."""
+    key blocks; `schedule` one of SCHEDULES, `turns` its barrier or None, `key_free` the
+    keys' own free barrier (EARLY_KEY_RELEASE) or None."""
+    frees = free if key_free is None else (key_free, free)
     batch, head, wg, program_first = program_axes(w, reverse=g.causal and HEAVIEST_FIRST)
     # The memory warpgroup serves the last compute warpgroup, which sees the most keys.
     _, steps = key_blocks(g, program_first + (w - 1) * BLOCK_Q)
@@ -496,7 +537,7 @@ def _forward_program(g, w, schedule, q_ref, k_ref, v_ref, stats_ref, gain_ref, r
                  plgpu.layout_cast(jnp.zeros((BLOCK_Q,), jnp.float32), per_row),       # sum
                  plgpu.layout_cast(jnp.zeros(q_tile.shape, jnp.float32), plgpu.Layout.WGMMA))
         blocks = KeyBlocks(g, q_tile, k_smem, v_smem, kstat_smem, k_ready, kstat_ready,
-                           v_ready, free, q_first, query_values,
+                           v_ready, free, key_free, q_first, query_values,
                            None if p_smem is None else p_smem.at[wg])
         if schedule in OVERLAPPING:
             m, l, acc = _overlapped_blocks(blocks, turns, whole, seen, carry)
@@ -504,7 +545,7 @@ def _forward_program(g, w, schedule, q_ref, k_ref, v_ref, stats_ref, gain_ref, r
             step = functools.partial(_forward_step, blocks, turns, schedule == "fenced")
             carry = lax.fori_loop(0, whole, functools.partial(step, masked=False), carry)
             m, l, acc = lax.fori_loop(whole, seen, functools.partial(step, masked=True), carry)
-        lax.fori_loop(seen, steps, release((k_ready, kstat_ready, v_ready), free, 0,
+        lax.fori_loop(seen, steps, release((k_ready, kstat_ready, v_ready), frees, 0,
                                            g.num_stages, turns), None)
         if turns is not None:
             pl.when(wg == 0)(lambda: take_turn(turns))  # as many turns as warpgroup 1
@@ -531,7 +572,8 @@ def _forward_program(g, w, schedule, q_ref, k_ref, v_ref, stats_ref, gain_ref, r
         produce([(lambda j: k_ref.at[keys(j)], k_smem, k_ready),
                  (lambda j: stats_ref.at[batch, kv_head, :, pl.ds(j * g.block_k, g.block_k)],
                   kstat_smem, kstat_ready),
-                 (lambda j: v_ref.at[keys(j)], v_smem, v_ready)], free, 0, steps, g.num_stages,
+                 (lambda j: v_ref.at[keys(j)], v_smem, v_ready)],
+                free if key_free is None else (key_free, free, free), 0, steps, g.num_stages,
                 k_ref.shape[1] // g.block_k)
 
 
@@ -572,8 +614,9 @@ def normed_scores(g, a, key_stats_slot, query_values, keys_on_rows: bool = False
 
 class KeyBlocks(NamedTuple):
     """What a compute warpgroup's forward steps read: its q tile, the ring of key blocks
-    (SMEM slots and their barriers), where its queries start, the per-query values of
-    `_prepare_queries` and the interpreter's staging tile (None compiled)."""
+    (SMEM slots and their barriers; key_free the keys' own free barrier or None), where its
+    queries start, the per-query values of `_prepare_queries` and the interpreter's staging
+    tile (None compiled)."""
     g: Any
     q_tile: Any
     k_smem: Any
@@ -583,6 +626,7 @@ class KeyBlocks(NamedTuple):
     kstat_ready: Any
     v_ready: Any
     free: Any
+    key_free: Any
     q_first: Any
     query_values: Any
     p_smem: Any
@@ -590,18 +634,27 @@ class KeyBlocks(NamedTuple):
     def scores(self, j, while_running=None, then=None):
         """Block j's raw q·kᵀ tile, its keys' wait included; while_running as in `product`.
         With `then`, what then(acc_ref) returns instead: it runs once the product is issued
-        and reads it itself (`plgpu.wgmma_accumulator_load`)."""
+        and reads it itself (`plgpu.wgmma_accumulator_load`), then frees the keys itself
+        (`keys_read`)."""
         slot = lax.rem(j, self.g.num_stages)
         plgpu.barrier_wait(self.k_ready.at[slot])
         plgpu.barrier_wait(self.kstat_ready.at[slot])
         keys, shape = self.k_smem.at[slot].transpose((1, 0)), (BLOCK_Q, self.g.block_k)
         if then is None:
-            return product(self.q_tile, keys, shape, while_running)
+            a = product(self.q_tile, keys, shape, while_running)
+            self.keys_read(j)
+            return a
 
         def run(acc_ref):
             plgpu.wgmma(acc_ref, self.q_tile, keys)
             return then(acc_ref)
         return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+    def keys_read(self, j):
+        """Block j's q·kᵀ has ended: free its keys' part of the slot, if that part has a
+        barrier of its own (EARLY_KEY_RELEASE)."""
+        if self.key_free is not None:
+            plgpu.barrier_arrive(self.key_free.at[lax.rem(j, self.g.num_stages)])
 
     def weights(self, j, a, m, l, masked: bool):
         """Block j's weights from its raw product a, given the running max m and sum l ->
@@ -696,6 +749,7 @@ def _overlapped_step(blocks, take, j, carry, *, masked: bool):
                 plgpu.wgmma(acc_ref, p, values)
                 take()
                 a = plgpu.wgmma_accumulator_load(scores_ref, wait_n=1)
+                blocks.keys_read(j + 1)
                 m_ref[...], l_ref[...], _, p_next = blocks.weights(j + 1, a, m, l, masked)
                 p_ref[...] = p_next.astype(p.dtype)
             return pl.run_state(multiply_then_softmax)((plgpu.ACC.init(acc), m, l, p))
