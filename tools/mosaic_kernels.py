@@ -2,12 +2,16 @@
 machine (no GPU needed): without source locations and with value names renumbered in order of
 appearance, so that two checkouts' kernels can be diffed, or with --events as the order of
 the instructions that make a schedule (tile products, their commits and waits, barrier waits,
-exponentials, loops; with --arrivals the barrier arrivals too).
+exponentials, loops; with --arrivals the barrier arrivals too), or with --loop-ops as the
+operations of the compute warpgroups' first key loop, counted by kind. --kernel example lowers
+jax's own FlashAttention-3 forward in Mosaic GPU (float16) instead of ours, for comparison.
 
     python tools/mosaic_kernels.py --head-dim 128 > here.mlir
     python tools/mosaic_kernels.py --head-dim 128 --checkout ../other > there.mlir
     python tools/mosaic_kernels.py --head-dim 128 --schedule overlap --events
     python tools/mosaic_kernels.py --set mosaic_gpu.EARLY_KEY_RELEASE=True --events --arrivals
+    python tools/mosaic_kernels.py --head-dim 128 --qk-norm none --dtype float16 --loop-ops
+    python tools/mosaic_kernels.py --head-dim 128 --kernel example --loop-ops
     python tools/mosaic_kernels.py --set mosaic_gpu.HEAVIEST_FIRST=False --grad
 
 Two lowerings that print the same text are the same program down to Mosaic GPU's dialects;
@@ -42,13 +46,26 @@ EVENTS = [(re.compile(r"wgmma\.mma_async"), "wgmma"),
 # With --arrivals, also the barrier arrivals a warpgroup makes itself (not a copy's: those
 # are arrive.expect_tx): the turns taken and the slots freed.
 ARRIVAL = (re.compile(r"mbarrier\.arrive\.release"), "arrive")
+# --loop-ops' kinds of operation, the first whose pattern matches an operation's name; the
+# rest ("other") move values between vectors and registers.
+OP_KINDS = [("float arithmetic", re.compile(r"^arith\.\w+f$")),
+            ("integer arithmetic", re.compile(r"^(arith\.(\w+i|remui|remsi|divui|divsi|xori|andi|"
+                                              r"ori|shli|shrui)|llvm\.(add|mul|and|or|lshr|shl))$")),
+            ("shared memory loads", re.compile(r"^(llvm|memref)\.load$")),
+            ("barrier waits", re.compile(r"mbarrier\.try_wait")),
+            ("inline PTX (wgmma, exp2, arrivals)", re.compile(r"^llvm\.inline_asm$"))]
 
 
 def use_checkout(checkout) -> None:
     """Import jaxlab from `checkout` (a directory holding jaxlab/) from now on, also where an
-    editable install of another checkout would answer `import jaxlab` first."""
+    editable install of another checkout would answer `import jaxlab` first. Once jaxlab is
+    imported (main() called from a test, say), only its own checkout can be used."""
     if "jaxlab" in sys.modules:
-        raise RuntimeError("use_checkout must run before jaxlab is imported")
+        imported = Path(sys.modules["jaxlab"].__file__).resolve().parents[1]
+        if imported == Path(checkout).resolve():
+            return
+        raise RuntimeError(f"jaxlab is already imported from {imported}: use_checkout must "
+                           "run before jaxlab is imported")
     sys.meta_path[:] = [finder for finder in sys.meta_path
                         if not getattr(finder, "__module__", "").startswith("__editable___jaxlab")]
     sys.path.insert(0, str(checkout))
@@ -62,14 +79,12 @@ def kernel_modules() -> dict:
 
 def lowered_kernels(head_dim: int = 64, length: int = 512, *, qk_norm: str | None = "rms",
                     normalizer: str = "softmax", causal: bool = True, grad: bool = False,
-                    settings=()) -> list[bytes]:
+                    settings=(), dtype=jnp.bfloat16) -> list[bytes]:
     """The serialized Mosaic GPU modules of one call (forward; with grad the backward's too),
-    bf16, batch 1, as many heads as the benchmarks use; settings: (module, name, value)
+    batch 1, as many heads as the benchmarks use; settings: (module, name, value)
     constants to set while it is traced, e.g. (mosaic_gpu, "FORWARD_SCHEDULE", "overlap")."""
-    from jaxlab.kernels import dispatch
     from jaxlab.kernels.norm_attention import fused_norm_attention
-    heads = 16 if head_dim == 64 else 8
-    x = jax.ShapeDtypeStruct((1, length, heads, head_dim), jnp.bfloat16)
+    x = inputs(head_dim, length, dtype)
 
     def attend(q, k, v):
         return fused_norm_attention(q, k, v, None, None, qk_norm=qk_norm,
@@ -79,9 +94,35 @@ def lowered_kernels(head_dim: int = 64, length: int = 512, *, qk_norm: str | Non
     with contextlib.ExitStack() as stack:
         for owner, name, value in settings:
             stack.enter_context(mock.patch.object(owner, name, value))
-        with dispatch.target("gpu"):
-            module = jax.jit(fn).trace(x, x, x).lower(lowering_platforms=("cuda",))
-            module = module.compiler_ir("stablehlo")
+        return serialized_kernels(fn, x)
+
+
+def example_kernels(head_dim: int = 64, length: int = 512, causal: bool = True,
+                    block_kv: int = 128) -> list[bytes]:
+    """The serialized forward kernel of jax's FlashAttention-3 example in Mosaic GPU
+    (jax.experimental.pallas.ops.gpu.attention_mgpu), float16 (the only dtype it takes)."""
+    from jax.experimental.pallas.ops.gpu import attention_mgpu
+    config = attention_mgpu.TuningConfig(block_q=64, block_kv=block_kv, max_concurrent_steps=2,
+                                         causal=causal)
+    fn = functools.partial(attention_mgpu.attention, config=config)
+    with contextlib.ExitStack() as stack:
+        if attention_mgpu.cuda_versions is None:  # a CPU jax: its causal check asks for one
+            runtime = mock.Mock(cuda_runtime_get_version=mock.Mock(return_value=13000))
+            stack.enter_context(mock.patch.object(attention_mgpu, "cuda_versions", runtime))
+        return serialized_kernels(fn, inputs(head_dim, length, jnp.float16))
+
+
+def inputs(head_dim: int, length: int, dtype):
+    """The q, k and v shape of one call: batch 1, the benchmarks' heads at this head dim."""
+    return jax.ShapeDtypeStruct((1, length, 16 if head_dim == 64 else 8, head_dim), dtype)
+
+
+def serialized_kernels(fn, x) -> list[bytes]:
+    """The Mosaic GPU modules in fn(x, x, x) lowered for CUDA, in program order."""
+    from jaxlab.kernels import dispatch
+    with dispatch.target("gpu"):
+        module = jax.jit(fn).trace(x, x, x).lower(lowering_platforms=("cuda",))
+        module = module.compiler_ir("stablehlo")
     kernels = []
 
     def collect(op):
@@ -136,6 +177,25 @@ def events(text: str, arrivals: bool = False) -> list[str]:
     return [f"{count} × {name}" if count > 1 else name for count, name in runs]
 
 
+def loop_ops(text: str) -> dict[str, int]:
+    """Operations in the first loop that carries values (the compute warpgroups' first key
+    loop: unmasked blocks where there are any), counted by OP_KINDS, and their total."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if re.match(r"\s*%[\w:]+ = \"?(stable_mosaic_gpu\.)?scf\.for", line))
+    depth, body = 0, []
+    for line in lines[start:]:
+        depth += line.count("({") - line.count("})")
+        body.append(line)
+        if depth <= 0:
+            break
+    counts = {kind: 0 for kind, _ in OP_KINDS} | {"other": 0}
+    for name in re.findall(r'"(?:stable_mosaic_gpu\.)?([a-z_]+\.[a-z_.]+)"\(', "\n".join(body)):
+        kind = next((kind for kind, pattern in OP_KINDS if pattern.search(name)), "other")
+        counts[kind] += 1
+    return counts | {"total": sum(counts.values())}
+
+
 def parse_setting(parser, text: str):
     """'module.NAME=literal' -> (module, NAME, value); a bad one ends the run with a usage
     error naming it."""
@@ -169,6 +229,12 @@ def main(argv=None) -> int:
                         help="print each kernel's schedule instructions, not its text")
     parser.add_argument("--arrivals", action="store_true",
                         help="with --events, list the barrier arrivals too")
+    parser.add_argument("--loop-ops", action="store_true",
+                        help="print the operations of each kernel's first key loop by kind")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    parser.add_argument("--kernel", default="ours", choices=("ours", "example"),
+                        help="example: jax's FlashAttention-3 forward (float16, no norm, "
+                             "block_kv 128) instead of ours")
     parser.add_argument("--checkout", type=Path, default=REPOSITORY,
                         help="the checkout whose kernels to lower (default: this one)")
     args = parser.parse_args(argv)
@@ -187,17 +253,26 @@ def main(argv=None) -> int:
             parser.error(f"--schedule {args.schedule!r}: this checkout's schedules are "
                          f"{schedules or 'none (it predates them)'}")
         settings.append((mosaic_gpu, "FORWARD_SCHEDULE", args.schedule))
+    if args.kernel == "example" and args.grad:
+        parser.error("--kernel example: jax's example has no causal backward; drop --grad")
     try:
-        kernels = lowered_kernels(args.head_dim, args.length,
-                                  qk_norm=None if args.qk_norm == "none" else args.qk_norm,
-                                  normalizer=args.normalizer, causal=not args.not_causal,
-                                  grad=args.grad, settings=settings)
+        if args.kernel == "example":
+            kernels = example_kernels(args.head_dim, args.length, not args.not_causal)
+        else:
+            kernels = lowered_kernels(args.head_dim, args.length,
+                                      qk_norm=None if args.qk_norm == "none" else args.qk_norm,
+                                      normalizer=args.normalizer, causal=not args.not_causal,
+                                      grad=args.grad, settings=settings,
+                                      dtype=jnp.dtype(args.dtype))
     except ValueError as error:  # jaxlab's ConfigError too: a setting the kernels refuse
         parser.error(str(error).splitlines()[0])
     for number, serialized in enumerate(kernels):
         text = kernel_text(serialized)
         print(f"// kernel {number + 1} of {len(kernels)}")
-        print("\n".join(events(text, args.arrivals)) if args.events else text)
+        if args.loop_ops:
+            print("\n".join(f"{count:6d}  {kind}" for kind, count in loop_ops(text).items()))
+        else:
+            print("\n".join(events(text, args.arrivals)) if args.events else text)
     return 0
 
 

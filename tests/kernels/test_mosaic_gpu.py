@@ -442,3 +442,26 @@ def test_overlap_schedule_runs_the_softmax_under_p_v_when_compiled():
     step = products + r"barrier wait\nwait 1\n\d+ × exp2\nwait 0\n(\d+ × )?barrier wait"
     assert len(re.findall(step, schedule_events("pingpong+overlap"))) == 2
     assert "wait 1" not in schedule_events("pingpong")
+
+
+def test_the_norm_adds_only_the_key_rows_loads_to_the_key_loop():
+    """tools/mosaic_kernels.py's loop_ops: with an RMS qk-norm the forward's key loop reads
+    each key's rstd from shared memory (at 128 keys a step, 16 loads of two per thread) and
+    scales the scores by it where plain attention scales them by the query's logit factor,
+    so its float arithmetic is the same."""
+    def count(qk_norm):
+        kernel, = mosaic_kernels.lowered_kernels(64, 512, qk_norm=qk_norm)
+        return mosaic_kernels.loop_ops(mosaic_kernels.kernel_text(kernel))
+    rms, plain = count("rms"), count(None)
+    assert rms["shared memory loads"] - plain["shared memory loads"] == 16
+    assert rms["float arithmetic"] == plain["float arithmetic"] > 0
+
+
+def test_the_tool_lowers_jax_s_example_for_comparison(capsys):
+    assert mosaic_kernels.main(["--kernel", "example", "--loop-ops", "--length", "256"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^ *[1-9]\d*  float arithmetic$", out, re.M)
+    assert re.search(r"^ *[1-9]\d*  total$", out, re.M)
+    with pytest.raises(SystemExit) as exit:  # its causal backward does not exist
+        mosaic_kernels.main(["--kernel", "example", "--grad"])
+    assert exit.value.code == 2
