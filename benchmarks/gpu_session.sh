@@ -23,16 +23,17 @@
 # FORWARD_WARPGROUPS, HEAVIEST_FIRST: their defaults come from stop 23's sweep) and hands the
 # table its best rows through OUT/mosaic_settings.json, so that a sweep cut by its limit still
 # hands over the rows it finished; SWEEP_PASSES (default bwd,fwd,order) picks the sweep's passes.
-# Stops 27 and 28 built forward options no GPU has run (the schedules "fenced", "overlap",
-# "pingpong+overlap", and mosaic_gpu.EARLY_KEY_RELEASE), and stop 28 the EXAMPLE part: our forward
-# next to jax's own FlashAttention-3 kernel in Mosaic GPU and cuDNN on plain float16 attention,
-# T=8192 (untimed; four forwards, causal and not, per head dim), which tells whether the forward's
-# gap to cuDNN is ours or shared by the best Mosaic GPU kernel jax ships. The next session's first
-# call times the options against the default, then the example, then the table with the winner
-# (540 s; give it timeout_s 560):
-#   MOSAIC_S=140 SWEEP_PASSES=fwd EXAMPLE_S=50 TABLE_S=340 bash benchmarks/gpu_session.sh OUT
+# Stops 27 and 28 built options no GPU has run: the forward schedules "fenced", "overlap" and
+# "pingpong+overlap", mosaic_gpu.EARLY_KEY_RELEASE and mosaic_backward.PAIRED_PRODUCTS. Stop 28
+# also built the EXAMPLE part: our forward next to jax's own FlashAttention-3 kernel in Mosaic
+# GPU and cuDNN on plain float16 attention, T=8192 (untimed; four forwards, causal and not, per
+# head dim), which tells whether the forward's gap to cuDNN is ours or shared by the best
+# Mosaic GPU kernel jax ships. The next session's first call times the options against the
+# defaults (the sweep's backward and forward passes, 13 and 12 rows for d=64 and 128), then the
+# example, then the table with the winners (540 s; give it timeout_s 560):
+#   MOSAIC_S=200 SWEEP_PASSES=bwd,fwd EXAMPLE_S=50 TABLE_S=290 bash benchmarks/gpu_session.sh OUT
 # and its second (220 s) the compiled parity of the new options and the norms' price:
-#   TABLE_S=0 PARITY_S=150 PARITY_K="schedule or lower or early" CORE_S=60 \
+#   TABLE_S=0 PARITY_S=150 PARITY_K="schedule or lower or early or paired" CORE_S=60 \
 #     bash benchmarks/gpu_session.sh OUT
 # which with a start (about 60 s) keeps within a session's 900 s. NORMSWEEP_S times the fused
 # norm's rows × warps × steps launches (fused_norm.api.default_launches took its GPU defaults from

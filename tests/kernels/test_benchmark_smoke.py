@@ -51,37 +51,41 @@ def test_the_attention_table_takes_the_mosaic_sweeps_best_matching_settings():
     sys.path.insert(0, str(ROOT))
     from benchmarks import kernels
     from jaxlab.kernels.norm_attention import mosaic_backward, mosaic_gpu
-    rows = [(("bwd", (64, 2, "split")), (300.0, 8e-3)),
-            (("bwd", (64, 2, "columns")), (420.0, 9e-3)),
-            (("bwd", (64, 2, "keys")), (900.0, 0.5)),       # fast but wrong: not taken
-            (("bwd", (64, 3, "keys")), "failed: out of shared memory"),
+    rows = [(("bwd", (64, 2, "split", False)), (300.0, 8e-3)),
+            (("bwd", (64, 2, "columns", True)), (420.0, 9e-3)),
+            (("bwd", (64, 2, "keys", False)), (900.0, 0.5)),       # fast but wrong: not taken
+            (("bwd", (64, 3, "keys", False)), "failed: out of shared memory"),
             (("fwd", (128, 2, "plain", 2, False)), (380.0, 5e-3, 0.97)),
             (("fwd", (128, 2, "pingpong", 2, False)), (390.0, 5e-3, 1.0)),
             (("fwd", (128, 2, "pingpong", 2, True)), (395.0, 3e-2, 1.01)),  # wrong: not taken
             (("order", False), (330.0, 9e-3)),
             (("order", True), (340.0, 9e-3))]
     best = kernels.best_mosaic_settings(rows)
-    assert best == {"bwd": (64, 2, "columns"), "fwd": (128, 2, "pingpong", 2, False),
+    assert best == {"bwd": (64, 2, "columns", True), "fwd": (128, 2, "pingpong", 2, False),
                     "order": True}
     constants = lambda: (mosaic_gpu.FORWARD_SCHEDULE, dict(mosaic_gpu.FORWARD_WARPGROUPS),
                          mosaic_gpu.EARLY_KEY_RELEASE, mosaic_gpu.HEAVIEST_FIRST,
-                         dict(mosaic_backward.DQ_SHARES))
+                         dict(mosaic_backward.DQ_SHARES), mosaic_backward.PAIRED_PRODUCTS)
     before = constants()
     with kernels.mosaic_settings({"fwd": (128, 3, "overlap", 2, True),
-                                  "bwd": (64, 2, "columns")}, 128) as tiles:
+                                  "bwd": (64, 2, "columns", True)}, 128) as tiles:
         assert tiles == dict(block_k=128, num_stages=3) and mosaic_gpu.EARLY_KEY_RELEASE
         assert mosaic_gpu.forward_schedule(2, True, 8, 8) == "overlap"
         assert mosaic_backward.dq_share(128, "rms") == "columns"
-    # four fields: a settings file written before EARLY_KEY_RELEASE
+        assert mosaic_backward.PAIRED_PRODUCTS
+    # four and three fields: a settings file written before EARLY_KEY_RELEASE and
+    # PAIRED_PRODUCTS
     with kernels.mosaic_settings({"fwd": (64, 2, "plain", 3), "bwd": (64, 2, "split"),
                                   "order": True}, 64) as tiles:
         assert tiles == dict(block_k=64, num_stages=2) and mosaic_gpu.HEAVIEST_FIRST
         assert mosaic_gpu.forward_warpgroups(64) == 3 and not mosaic_gpu.EARLY_KEY_RELEASE
         assert mosaic_backward.dq_share(64, None) is None
+        assert not mosaic_backward.PAIRED_PRODUCTS
     assert constants() == before
 
 
-def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_path):
+def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_path,
+                                                                          monkeypatch):
     sys.path.insert(0, str(ROOT))
     from benchmarks import kernels
     three = [("fwd", (128, 2, "overlap", 3, False))]
@@ -89,22 +93,27 @@ def test_the_mosaic_sweep_times_unproven_settings_last_and_shares_its_best(tmp_p
                                                                   "pingpong+overlap")]
     new += [("fwd", (128, 2, schedule, 2, True)) for schedule in ("pingpong", "overlap",
                                                                   "pingpong+overlap")]
-    for d, unproven, absent in ((64, new + three, [("bwd", (64, 2, "columns"))]),
-                                (128, new, [("bwd", (64, 2, "alternate"))] + three)):
+    new += [("bwd", (64, 2, way, True)) for way in ("split", "keys")]
+    for d, unproven in ((64, new + three), (128, new)):
         order = kernels.mosaic_sweep_order(d)
         assert sorted(order[-len(unproven):]) == sorted(unproven)
-        assert order[0] == ("bwd", (64, 2, "split"))
-        assert not set(absent) & set(order)
+        assert order[0] == ("bwd", (64, 2, "split", False))
         proven = order[:-len(unproven)]
-        assert [part for part, _ in proven] == ["bwd"] * 4 + ["fwd"] * 2 + ["order"] * 2
-        assert [setting[2] for _, setting in proven[4:6]] == ["plain", "pingpong"]
+        assert [part for part, _ in proven] == ["bwd"] * 2 + ["fwd"] * 2 + ["order"] * 2
+        assert [setting[2] for _, setting in proven[2:4]] == ["plain", "pingpong"]
         forward_only = kernels.mosaic_sweep_order(d, ("fwd",))
         assert forward_only == [row for row in order if row[0] == "fwd"]
+    # a setting a head dim does not take is left out of its rows
+    monkeypatch.setattr(kernels, "MOSAIC_BACKWARD", [(64, 2, "columns", False),
+                                                     (64, 2, "alternate", False)])
+    for d, way in ((64, "alternate"), (128, "columns")):
+        assert [setting[2] for part, setting in kernels.mosaic_sweep_order(d)
+                if part == "bwd"] == [way]
     path = str(tmp_path / "best.json")
     assert kernels.load_mosaic_settings(path) == {}
-    best = {64: {"fwd": (128, 2, "overlap", 3, False), "bwd": (64, 2, "alternate"),
+    best = {64: {"fwd": (128, 2, "overlap", 3, False), "bwd": (64, 2, "alternate", True),
                  "order": True},
-            128: {"bwd": (64, 2, "split")}}
+            128: {"bwd": (64, 2, "split", False)}}
     kernels.save_mosaic_settings(path, best)
     assert kernels.load_mosaic_settings(path) == best
 

@@ -287,6 +287,22 @@ def test_gradients_with_dq_shares_that_meet(monkeypatch, way, d, t, s, heads, qk
     check_gradients(t, s, heads, d, qk_norm, normalizer, causal, jnp.bfloat16, masked)
 
 
+@pytest.mark.parametrize("way,d,t,s,heads,qk_norm,normalizer,causal,masked", [
+    ("split", 64, 100, 150, (4, 2), "layer", "softmax", True, False),  # both kernels, GQA
+    ("split", 128, 150, 100, (2, 1), "rms", "softplus", True, True),   # t > s, key mask
+    ("keys", 64, 130, 200, (2, 1), None, "softmax", False, False),
+    ("columns", 128, 130, 200, (2, 1), "rms", "softmax", True, True),
+    ("alternate", 64, 150, 100, (4, 2), "layer", "softplus", True, False),  # centered keys
+])
+def test_gradients_with_paired_products(monkeypatch, way, d, t, s, heads, qk_norm, normalizer,
+                                        causal, masked):
+    """PAIRED_PRODUCTS: q'·kᵀ and dO·vᵀ issued together in both kernels, and dv's and dk's
+    products together in the dK/dV kernel, under each way of adding dq'."""
+    monkeypatch.setattr(mosaic_backward, "PAIRED_PRODUCTS", True)
+    monkeypatch.setattr(mosaic_backward, "DQ_SHARES", {d: way})
+    check_gradients(t, s, heads, d, qk_norm, normalizer, causal, jnp.bfloat16, masked)
+
+
 @pytest.mark.parametrize("way,d", [("keys", 64), ("alternate", 64)])
 def test_layernorm_adds_dq_in_the_dkdv_kernel_through_centered_keys(monkeypatch, way, d):
     """With LAYERNORM_DQ, LayerNorm's dq' share reads k − μ (GQA, softplus, causal, t > s:
@@ -442,6 +458,23 @@ def test_overlap_schedule_runs_the_softmax_under_p_v_when_compiled():
     step = products + r"barrier wait\nwait 1\n\d+ × exp2\nwait 0\n(\d+ × )?barrier wait"
     assert len(re.findall(step, schedule_events("pingpong+overlap"))) == 2
     assert "wait 1" not in schedule_events("pingpong")
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_paired_products_wait_once_for_two(d):
+    """Compiled, PAIRED_PRODUCTS commits two product groups before a wait: once a step in the
+    dQ kernel (head dim 128's split), twice in the dK/dV kernel; without it no two commits
+    meet."""
+    def backward_events(paired):
+        kernels = mosaic_kernels.lowered_kernels(
+            d, 512, grad=True, settings=[(mosaic_backward, "PAIRED_PRODUCTS", paired)])
+        return ["\n".join(mosaic_kernels.events(mosaic_kernels.kernel_text(kernel)))
+                for kernel in kernels[1:]]  # the forward comes first
+    two_groups = r"\d+ × wgmma\ncommit\n\d+ × wgmma\ncommit\n(\d+ × )?wait 0"
+    paired = [len(re.findall(two_groups, events)) for events in backward_events(True)]
+    # per kernel, an unmasked and a masked loop: dQ (at 128) then dK/dV
+    assert paired == ([2, 4] if d == 128 else [4])
+    assert not any(re.findall(two_groups, events) for events in backward_events(False))
 
 
 def test_the_norm_adds_only_the_key_rows_loads_to_the_key_loop():

@@ -75,6 +75,14 @@ SHARE_WAYS = {"split": (64, 128), "keys": (64, 128), "columns": (128,), "alterna
 # so on, as for RMSNorm, where "keys" ran 1.24× as fast as "split". Its own speed is not yet
 # timed: the benchmark's rows use rms.
 LAYERNORM_DQ = True
+# True: each backward step issues its independent tile products back to back and waits once:
+# a = q'·kᵀ with dp = dO·vᵀ in both kernels, then dv += p·dO with dk += ds·q' in the dK/dV
+# kernel (two waits a step there instead of four; jax's FlashAttention-3 example pairs dv's
+# product with dp's). False: each product is waited for before the next is issued. The step
+# holds a and dp at once anyway; pairing dv with dk keeps p ([64, 64] 16-bit: 16 registers a
+# thread) alive through ds's arithmetic, which at head dim 128 may spill. Not yet timed on a
+# GPU (the sweep runs with ptxas's report of registers and spills).
+PAIRED_PRODUCTS = False
 
 
 def dq_share(head_dim: int, qk_norm: str | None) -> str | None:
@@ -264,10 +272,17 @@ def _dq_step(g, q_tile, do_tile, k_smem, kstat_smem, v_smem, readies, free, q_fi
     plgpu.barrier_wait(k_ready.at[slot])
     plgpu.barrier_wait(kstat_ready.at[slot])
     shape = (BLOCK_Q, BLOCK)
-    a = mg.product(q_tile, k_smem.at[slot].transpose((1, 0)), shape)
-    s = mg.normed_scores(g, a, kstat_smem.at[slot], q_values)
-    plgpu.barrier_wait(v_ready.at[slot])
-    dp = mg.product(do_tile, v_smem.at[slot].transpose((1, 0)), shape)
+    scores = (q_tile, k_smem.at[slot].transpose((1, 0)))
+    values = (do_tile, v_smem.at[slot].transpose((1, 0)))
+    if PAIRED_PRODUCTS:
+        plgpu.barrier_wait(v_ready.at[slot])
+        a, dp = mg.separate_products([scores, values], shape)
+        s = mg.normed_scores(g, a, kstat_smem.at[slot], q_values)
+    else:
+        a = mg.product(*scores, shape)
+        s = mg.normed_scores(g, a, kstat_smem.at[slot], q_values)
+        plgpu.barrier_wait(v_ready.at[slot])
+        dp = mg.product(*values, shape)
     seen = None
     if masked:
         valid = (mg.load_vector(kstat_smem.at[slot, 2], per_row=False) if g.key_masked
@@ -444,18 +459,26 @@ def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, l
     # q_values: Σ_d q' (LayerNorm) or each query's logit factor f (no norm)
     stat, delta, q_values = (mg.load_vector(rowval_smem.at[slot, i], per_row=False)
                              for i in range(3))
-    a = mg.product(k_tile, q_smem.at[slot].transpose((1, 0)), shape)
+    scores = (k_tile, q_smem.at[slot].transpose((1, 0)))
+    values = (v_tile, do_smem.at[slot].transpose((1, 0)))
+    if PAIRED_PRODUCTS:
+        a, dp = mg.separate_products([scores, values], shape)
+    else:
+        a = mg.product(*scores, shape)
     if g.qk_norm is None:
         s = a * mg.cols(q_values, shape)
     else:
         s = a * mg.rows(rstd, shape)
         if g.qk_norm == "layer":
             s = s - mg.rows(shift, shape) * mg.cols(q_values, shape)
-    dp = mg.product(v_tile, do_smem.at[slot].transpose((1, 0)), shape)
+    if not PAIRED_PRODUCTS:
+        dp = mg.product(*values, shape)
     seen = mg.visible(g, shape, j * BLOCK, k_first, keys_on_rows=True,
                       valid=valid if g.key_masked else None) if masked else None
     p, ds = _score_grads(g, s, mg.cols(stat, shape), dp, mg.cols(delta, shape), seen)
-    dv = mg.accumulate(dv, p.astype(v_tile.dtype), do_smem.at[slot], p_smem)
+    p = p.astype(v_tile.dtype)
+    if not PAIRED_PRODUCTS:
+        dv = mg.accumulate(dv, p, do_smem.at[slot], p_smem)
     if g.qk_norm is None:
         ds = ds * mg.cols(q_values, shape)
     else:
@@ -464,7 +487,11 @@ def _dkdv_step(g, k_tile, v_tile, q_smem, do_smem, rowval_smem, readies, free, l
             dshift = dshift - (ds * mg.cols(q_values, shape)).sum(axis=1)
         ds = ds * mg.rows(rstd, shape)
     ds = ds.astype(k_tile.dtype)
-    dk = mg.accumulate(dk, ds, q_smem.at[slot], p_smem)
+    if PAIRED_PRODUCTS:
+        dv, dk = mg.accumulate_all([dv, dk], [p, ds], [do_smem.at[slot], q_smem.at[slot]],
+                                   p_smem)
+    else:
+        dk = mg.accumulate(dk, ds, q_smem.at[slot], p_smem)
     plgpu.barrier_arrive(free.at[slot])
     if add_dq is not None:
         add_dq(j, ds)

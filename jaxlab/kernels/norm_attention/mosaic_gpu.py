@@ -441,6 +441,30 @@ def products(pairs, shape, while_running=None):
     return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
 
+def separate_products(pairs, shape):
+    """[a @ b for (a, b) in pairs], each into a fresh float32 accumulator of `shape`: issued
+    back to back and waited for once, so the tensor cores run them without a pause between."""
+    def run(acc_refs):
+        for acc_ref, (a, b) in zip(acc_refs, pairs):
+            plgpu.wgmma(acc_ref, a, b)
+        return [acc_ref[...] for acc_ref in acc_refs]
+    return pl.run_scoped(run, [plgpu.ACC(shape, jnp.float32) for _ in pairs])
+
+
+def accumulate_all(accs, lhs, rhs, p_smem):
+    """[acc + a @ b for acc, a, b in zip(accs, lhs, rhs)], the a in registers (`accumulate`):
+    compiled, issued back to back and waited for once; interpreted, one after another."""
+    if p_smem is not None:
+        return [accumulate(acc, a, b, p_smem) for acc, a, b in zip(accs, lhs, rhs)]
+
+    def run(acc_refs):
+        for acc_ref, a, b in zip(acc_refs, lhs, rhs):
+            plgpu.wgmma(acc_ref, a, b)
+    accs = pl.run_state(run)([plgpu.ACC.init(acc) for acc in accs])
+    plgpu.wgmma_wait(0)
+    return accs
+
+
 def accumulate(acc, p, b_tile, p_smem):
     """acc + p @ b_tile, p in registers. Compiled (p_smem None), the wgmma reads p from
     registers and adds into the accumulator's. Mosaic GPU's interpreter takes neither a
