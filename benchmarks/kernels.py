@@ -80,6 +80,13 @@ def interleaved(candidates, rounds):
     return timing.interleaved(candidates, rounds, calls=CALLS)
 
 
+def failure(error: Exception, width: int = 100) -> str:
+    """A table cell for a candidate that failed: the error's first line, or its type where it
+    has no message (a bare assert)."""
+    lines = str(error).splitlines()
+    return f"failed: {(lines[0] if lines else type(error).__name__)[:width]}"
+
+
 SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3),
          (128, 32, 4, 3), (64, 128, 4, 2), (128, 128, 8, 2)]
 
@@ -112,7 +119,7 @@ def bench_blocks(b, h, t, d, dtype, kernel_impl, rounds, settings):
             times = interleaved({"fwd": lambda: f(q, k, v), "fwd+bwd": lambda: g(q, k, v)},
                                 rounds)
         except Exception as error:  # e.g. a tile too large for shared memory
-            results[setting] = f"failed: {str(error).splitlines()[0][:100]}"
+            results[setting] = failure(error)
             continue
         bwd = max(times["fwd+bwd"] - times["fwd"], 1e-12)
         results[setting] = (flops_fwd / times["fwd"] / 1e12, 2.5 * flops_fwd / bwd / 1e12,
@@ -271,13 +278,6 @@ def mosaic_settings(settings: dict, d: int):
         yield tiles
 
 
-def failure(error: Exception, width: int = 100) -> str:
-    """A table cell for a candidate that failed: the error's first line, or its type where it
-    has no message (a bare assert)."""
-    lines = str(error).splitlines()
-    return f"failed: {(lines[0] if lines else type(error).__name__)[:width]}"
-
-
 def relative_error(got, want) -> float:
     """The largest over outputs of max |got − want| / max |want| (values, then gradients)."""
     return max(float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max()
@@ -315,7 +315,7 @@ def bench_attention(b, h, t, d, dtype, kernel_impl, rounds, tiles=None, only=Non
         try:  # compiled and run once apart, so one that fails (e.g. out of memory) is a row
             outputs[name] = jax.block_until_ready((f(q, k, v), g(q, k, v)))
         except Exception as error:
-            rows.append((name, f"failed: {str(error).splitlines()[0][:120]}"))
+            rows.append((name, failure(error, 120)))
             continue
         passes[f"{name} fwd"] = functools.partial(f, q, k, v)
         passes[f"{name} fwd+bwd"] = functools.partial(g, q, k, v)
