@@ -452,10 +452,18 @@ def separate_products(pairs, shape):
 
 
 def accumulate_all(accs, lhs, rhs, p_smem):
-    """[acc + a @ b for acc, a, b in zip(accs, lhs, rhs)], the a in registers (`accumulate`):
-    compiled, issued back to back and waited for once; interpreted, one after another."""
+    """[acc + a @ b for acc, a, b in zip(accs, lhs, rhs)], the a in registers. Compiled
+    (p_smem None), the wgmmas read a from registers and add into the accumulators', issued
+    back to back and waited for once. Mosaic GPU's interpreter takes neither a register
+    operand nor an initialized accumulator (`run_state`), so there each a goes through SMEM
+    and each product into a fresh accumulator plus an add, one after another: the same sums."""
     if p_smem is not None:
-        return [accumulate(acc, a, b, p_smem) for acc, a, b in zip(accs, lhs, rhs)]
+        sums = []
+        for acc, a, b in zip(accs, lhs, rhs):
+            p_smem[...] = a
+            plgpu.commit_smem()
+            sums.append(acc + product(p_smem, b, acc.shape))
+        return sums
 
     def run(acc_refs):
         for acc_ref, a, b in zip(acc_refs, lhs, rhs):
@@ -466,17 +474,8 @@ def accumulate_all(accs, lhs, rhs, p_smem):
 
 
 def accumulate(acc, p, b_tile, p_smem):
-    """acc + p @ b_tile, p in registers. Compiled (p_smem None), the wgmma reads p from
-    registers and adds into the accumulator's. Mosaic GPU's interpreter takes neither a
-    register operand nor an initialized accumulator (`run_state`), so there p goes through
-    SMEM and the product into a fresh accumulator plus an add: the same sum."""
-    if p_smem is not None:
-        p_smem[...] = p
-        plgpu.commit_smem()
-        return acc + product(p_smem, b_tile, acc.shape)
-    acc = pl.run_state(lambda acc_ref: plgpu.wgmma(acc_ref, p, b_tile))(plgpu.ACC.init(acc))
-    plgpu.wgmma_wait(0)
-    return acc
+    """acc + p @ b_tile, p in registers (see `accumulate_all`)."""
+    return accumulate_all([acc], [p], [b_tile], p_smem)[0]
 
 
 def rows(x, shape):
